@@ -1,0 +1,42 @@
+# The two commands: `make book` (build the book) and `make test` (run every check).
+# Both create .venv and install what is missing; nothing else needs to be set up.
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+JB      := $(VENV)/bin/jupyter-book
+# torch is installed only where the environment lacks it, and pinned: an unpinned
+# torch can pull a multi-GB CUDA build. Override, e.g. TORCH="torch --index-url URL".
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.installed
+
+# experiment results (metrics, never models) are cached here, keyed by configuration
+export BNUTILS_RESULTS ?= $(CURDIR)/_cache/results
+
+.PHONY: book test install clean
+
+book: $(STAMP)
+	rm -rf _build/html
+	BNBOOK_QUICK=0 $(JB) build . --all
+	@echo "The book: $(CURDIR)/_build/html/index.html"
+
+# Quick mode everywhere: unit tests, every notebook under nbval, then a strict build.
+test: $(STAMP)
+	$(PY) -m ruff check .
+	BNBOOK_QUICK=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile \
+		tests notebooks --nbval-lax --nbval-current-env
+	rm -rf _build/quick
+	BNBOOK_QUICK=1 $(JB) build . -W -n --keep-going --all --path-output _build/quick
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+clean:
+	rm -rf _build
