@@ -171,9 +171,15 @@ def _ensure_file(spec, root, name, download):
     return _download(spec, root, name)
 
 
+def _is_gzip(path):
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def _uncompressed_bytes(path):
-    opener = gzip.open if path.suffix == ".gz" else open
+    # decide by content, not by name: a mirror may serve either form
     try:
+        opener = gzip.open if _is_gzip(path) else open
         with opener(path, "rb") as f:
             return f.read()
     except (OSError, EOFError) as err:  # bad gzip header, truncated archive
@@ -218,7 +224,7 @@ def _download(spec, root, name):
             tmp.unlink(missing_ok=True)
             errors.append(f"{url}: served a bad file ({err})")
             continue
-        final = root / f"{name}.gz"
+        final = root / (f"{name}.gz" if _is_gzip(tmp) else name)
         os.replace(tmp, final)
         return final
     kind = DataError if reached_any else _Offline

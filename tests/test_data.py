@@ -1,0 +1,239 @@
+"""bnutils.data: real MNIST files, the download path over a local HTTP server, bad input."""
+
+import dataclasses
+import functools
+import gzip
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bnutils import data
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "mnist"
+
+
+@pytest.fixture(scope="module")
+def mnist_root():
+    """The folder with the real MNIST files (CI: BNUTILS_DATA=../shared/mnist)."""
+    root = data.default_root("mnist")
+    if not (root / "t10k-labels-idx1-ubyte.gz").exists() and SHARED.exists():
+        root = SHARED
+    if not any(root.glob("t10k-labels-idx1-ubyte*")):
+        pytest.skip(f"no local MNIST files in {root}; set BNUTILS_DATA")
+    return root
+
+
+def _serve(folder, corrupt=False):
+    """A local HTTP mirror of ``folder`` (serving garbage when ``corrupt``)."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def send_head(self):
+            if not corrupt:
+                return super().send_head()
+            body = gzip.compress(b"\x00" * 1000)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return None
+
+    handler = functools.partial(Handler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+@pytest.fixture
+def mirrors(mnist_root, monkeypatch):
+    """Point MNIST's mirror list at local servers; yields a function that sets it."""
+    good, good_url = _serve(mnist_root)
+    bad, bad_url = _serve(mnist_root, corrupt=True)
+    urls = {"good": good_url, "corrupt": bad_url, "unreachable": "http://127.0.0.1:9/"}
+
+    def use(*names):
+        spec = dataclasses.replace(data.DATASETS["mnist"], mirrors=tuple(urls[n] for n in names))
+        monkeypatch.setitem(data.DATASETS, "mnist", spec)
+
+    yield use
+    good.shutdown()
+    bad.shutdown()
+
+
+def test_real_files_match_published_sanity_figures(mnist_root):
+    x, y = data.load_mnist("train", root=mnist_root, download=False)
+    xt, yt = data.load_mnist("test", root=mnist_root, download=False)
+    assert x.shape == (60_000, 28, 28) and x.dtype == np.uint8
+    assert xt.shape == (10_000, 28, 28) and yt.shape == (10_000,)
+    assert y[:5].tolist() == [5, 0, 4, 1, 9]
+    assert yt[:5].tolist() == [7, 2, 1, 0, 4]
+    scaled = x / 255.0
+    spec = data.DATASETS["mnist"]
+    assert scaled.mean() == pytest.approx(spec.mean, abs=5e-5)
+    assert scaled.std() == pytest.approx(spec.std, abs=5e-5)
+
+
+def test_uncompressed_files_are_accepted(mnist_root, tmp_path):
+    raw = tmp_path / "t10k-labels-idx1-ubyte"
+    raw.write_bytes(gzip.decompress((mnist_root / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    shutil.copy(mnist_root / "t10k-images-idx3-ubyte.gz", tmp_path)
+    _, y = data.load_mnist("test", root=tmp_path, download=False)
+    assert y[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_download_from_local_mirror_writes_verified_files(mirrors, tmp_path):
+    mirrors("good")
+    x, y = data.load_mnist("test", root=tmp_path / "cache")
+    assert x.shape == (10_000, 28, 28) and y[:5].tolist() == [7, 2, 1, 0, 4]
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert files == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]  # no .part left
+
+
+def test_download_skips_corrupt_and_unreachable_mirrors(mirrors, tmp_path):
+    mirrors("unreachable", "corrupt", "good")
+    _, y = data.load_mnist("test", root=tmp_path)
+    assert len(y) == 10_000
+
+
+def test_only_corrupt_mirrors_is_an_error_not_a_fallback(mirrors, tmp_path):
+    mirrors("corrupt")
+    with pytest.raises(data.DataError, match="served a bad file"):
+        data.load_mnist("test", root=tmp_path)
+    assert not any(tmp_path.iterdir())  # the bad download was not kept
+
+
+def test_offline_falls_back_to_bundled_subset_with_warning(mirrors, tmp_path):
+    mirrors("unreachable")
+    with pytest.warns(UserWarning, match="BNUTILS_DATA"):
+        x, y = data.load_mnist("train", root=tmp_path)
+    assert x.shape == (5000, 28, 28)
+    assert np.bincount(y).tolist() == [500] * 10  # stratified
+
+
+def test_offline_fashion_mnist_has_no_fallback(monkeypatch, tmp_path):
+    spec = dataclasses.replace(data.DATASETS["fashion-mnist"], mirrors=("http://127.0.0.1:9/",))
+    monkeypatch.setitem(data.DATASETS, "fashion-mnist", spec)
+    with pytest.raises(data.DataError, match="could not download"):
+        data.load_fashion_mnist("test", root=tmp_path)
+
+
+def test_bundled_subset_is_real_mnist(mnist_root):
+    for split, n in (("train", 5000), ("test", 1000)):
+        xs, ys = data.load_mnist(split, subset=True)
+        x, y = data.load_mnist(split, root=mnist_root, download=False)
+        with np.load(data.SUBSET_PATH) as z:
+            index = z[f"{split}_index"]
+        assert len(xs) == n
+        np.testing.assert_array_equal(xs, x[index])
+        np.testing.assert_array_equal(ys, y[index])
+
+
+def test_missing_file_without_download_says_where(tmp_path):
+    with pytest.raises(data.DataError, match=r"not found in .*BNUTILS_DATA"):
+        data.load_mnist("test", root=tmp_path, download=False)
+
+
+def test_truncated_file_is_reported(mnist_root, tmp_path):
+    blob = (mnist_root / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(blob[: len(blob) // 2])
+    shutil.copy(mnist_root / "t10k-images-idx3-ubyte.gz", tmp_path)
+    with pytest.raises(data.DataError, match="corrupt or truncated.*re-download"):
+        data.load_mnist("test", root=tmp_path, download=False)
+
+
+def test_checksum_mismatch_is_reported(mnist_root, tmp_path):
+    shutil.copy(mnist_root / "t10k-images-idx3-ubyte.gz", tmp_path)
+    labels = gzip.decompress((mnist_root / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    tampered = labels[:-1] + bytes([(labels[-1] + 1) % 10])  # one label changed
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(tampered))
+    with pytest.raises(data.DataError, match="checksum mismatch.*t10k-labels"):
+        data.load_mnist("test", root=tmp_path, download=False)
+
+
+def test_wrong_idx_header_is_reported(tmp_path):
+    path = tmp_path / "x.gz"
+    labels_magic, one = b"\x00\x00\x08\x01", b"\x00\x00\x00\x01"
+    path.write_bytes(gzip.compress(labels_magic + one * 3 + b"\x07"))  # a labels file
+    with pytest.raises(data.DataError, match="wrong IDX header"):
+        data._read_idx(path, ndim=3)
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00\x00\x00\x05" + b"\x01\x02"))
+    with pytest.raises(data.DataError, match="header says shape"):
+        data._read_idx(path, ndim=1)
+
+
+def test_unwritable_cache_folder_is_reported(mirrors, tmp_path):
+    mirrors("good")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(data.DataError, match="cannot write to the data folder"):
+        data.load_mnist("test", root=blocker / "mnist")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        data.load_mnist("validation")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.load_mnist("train", dataset="cifar10")
+
+
+def test_published_checksums_are_the_ones_in_the_shared_readme():
+    readme = SHARED / "README.md"
+    if not readme.exists():
+        pytest.skip("no shared/mnist README")
+    text = readme.read_text()
+    for name, digest in data.DATASETS["mnist"].sha256.items():
+        assert f"{digest}  {name}" in text
+
+
+def test_fashion_mnist_loads_when_present():
+    root = data.default_root("fashion-mnist")
+    if not any(root.glob("t10k-labels-idx1-ubyte*")):
+        pytest.skip(f"no local Fashion-MNIST files in {root}; set BNUTILS_FASHION_DATA")
+    x, y = data.load_fashion_mnist("train", root=root, download=False)
+    assert x.shape == (60_000, 28, 28) and np.bincount(y).tolist() == [6000] * 10
+    spec = data.DATASETS["fashion-mnist"]
+    assert (x / 255.0).mean() == pytest.approx(spec.mean, abs=5e-5)
+    assert (x / 255.0).std() == pytest.approx(spec.std, abs=5e-5)
+
+
+def test_to_tensors_standardises_and_shapes():
+    x, y = data.load_mnist("train", subset=True)
+    xf, yf = data.to_tensors(x, y)
+    assert xf.shape == (5000, 784) and xf.dtype == torch.float32 and yf.dtype == torch.int64
+    assert abs(xf.mean().item()) < 0.05 and abs(xf.std().item() - 1) < 0.05
+    xi, _ = data.to_tensors(x, y, flatten=False)
+    assert xi.shape == (5000, 1, 28, 28)
+
+
+def test_batches_are_reproducible_and_cover_an_epoch():
+    x = torch.arange(100).float().unsqueeze(1)
+    y = torch.arange(100)
+    a, b = data.batches(x, y, 10, seed=3), data.batches(x, y, 10, seed=3)
+    first = [next(a)[1] for _ in range(10)]
+    assert torch.equal(torch.cat(first).sort().values, y)  # each example once per epoch
+    assert all(torch.equal(f, next(b)[1]) for f in first)
+    assert not torch.equal(next(a)[1], first[0])  # a new permutation next epoch
+    with pytest.raises(ValueError, match="batch_size"):
+        next(data.batches(x, y, 0))
+
+
+def test_train_val_split_is_disjoint():
+    x = torch.arange(50).float().unsqueeze(1)
+    (xtr, ytr), (xv, yv) = data.train_val_split(x, torch.arange(50), n_val=10, seed=1)
+    assert len(xv) == 10 and len(xtr) == 40
+    assert set(ytr.tolist()).isdisjoint(yv.tolist())
+
+
+def test_subset_file_layout():
+    with np.load(data.SUBSET_PATH) as z:
+        assert sorted(z.files) == sorted(
+            f"{s}_{k}" for s in ("train", "test") for k in ("images", "labels", "index")
+        )
+        assert z["train_images"].dtype == np.uint8 and z["train_index"].max() < 60_000

@@ -1,0 +1,60 @@
+"""The notebooks as files: stored without outputs, in the table of contents, well formed.
+
+Executing them is nbval's job (``pytest --nbval-lax notebooks/``) and the book build's.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def _repository_url():
+    match = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", (ROOT / "_config.yml").read_text(), re.M)
+    return match.group(1)
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_setup.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_without_outputs(path):
+    for cell in _cells(path):
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_listed_in_table_of_contents(path):
+    toc = (ROOT / "_toc.yml").read_text()
+    assert f"notebooks/{path.stem}" in toc
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_anatomy(path):
+    cells = _cells(path)
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "".join(cells[0]["source"]).startswith("# "), "starts with a title"
+    assert "## Overview" in text and "## Summary" in text
+    if path.name != "00_setup.ipynb":
+        assert "## Exercises" in text and "{solution}" in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_setup_cell_installs_bnutils_from_the_repository(path):
+    """Colab: the first code cell installs bnutils only when missing, from the one URL."""
+    setup = next(c for c in _cells(path) if c["cell_type"] == "code")
+    source = "".join(setup["source"])
+    assert 'find_spec("bnutils") is None' in source
+    assert f'"git+{_repository_url()}"' in source
+    assert "BNUTILS_INSTALL_SOURCE" in source
+    assert "hide-output" in setup["metadata"].get("tags", [])
