@@ -19,13 +19,15 @@ book: $(STAMP)
 	BNBOOK_QUICK=0 $(JB) build . --all
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
-# Quick mode everywhere: unit tests, every notebook under nbval, then a strict build.
+# Quick mode everywhere: lint, unit tests and every notebook under nbval, a strict
+# build of the book, then every built page in headless Chromium.
 test: $(STAMP)
 	$(PY) -m ruff check .
 	BNBOOK_QUICK=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile \
-		tests notebooks --nbval-lax --nbval-current-env
+		tests notebooks --nbval-lax --nbval-current-env --ignore=tests/browser
 	rm -rf _build/quick
 	BNBOOK_QUICK=1 $(JB) build . -W -n --keep-going --all --path-output _build/quick
+	BNBOOK_HTML=_build/quick/_build/html $(PY) -m pytest tests/browser
 
 install: $(STAMP)
 

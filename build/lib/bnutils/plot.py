@@ -1,0 +1,53 @@
+"""Plotting helpers: the look of every figure, and plots used by several chapters."""
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+
+# Colour-blind-safe pairs (Okabe-Ito) used for "without BN" vs "with BN" everywhere.
+COLORS = {"baseline": "#D55E00", "bn": "#0072B2", "other": "#009E73", "grey": "#7f7f7f"}
+
+
+def use_style():
+    """A readable default: white figure background (legible in light and dark themes)."""
+    mpl.rcParams.update({
+        "figure.figsize": (6.4, 3.6),
+        "figure.dpi": 110,
+        "figure.facecolor": "white",
+        "axes.facecolor": "white",
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "legend.frameon": False,
+        "font.size": 10,
+    })
+
+
+def percentile_bands(ax, step, pct, color, label=None):
+    """Plot the 50th percentile as a line and the 15th-85th as a band.
+
+    ``pct: (n_steps, 3)`` holds the 15th, 50th and 85th percentiles at each ``step``
+    (the layout of the paper's Figure 1 b, c).
+    """
+    pct = np.asarray(pct)
+    ax.fill_between(step, pct[:, 0], pct[:, 2], color=color, alpha=0.25, lw=0)
+    ax.plot(step, pct[:, 1], color=color, label=label)
+    for k in (0, 2):
+        ax.plot(step, pct[:, k], color=color, lw=0.6, alpha=0.7)
+    return ax
+
+
+def show_images(images, labels=None, ncols=8, size=1.0):
+    """A grid of ``(N, 28, 28)`` grey images with their labels as titles."""
+    n = len(images)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15))
+    for i, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], cmap="gray_r")
+            if labels is not None:
+                ax.set_title(str(int(labels[i])), fontsize=9)
+    fig.tight_layout()
+    return fig

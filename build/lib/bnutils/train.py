@@ -1,0 +1,45 @@
+"""A plain training loop and evaluation, shared by the experiment chapters."""
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .data import batches
+
+
+@torch.no_grad()
+def accuracy(model, x, y, batch_size=10_000):
+    """Fraction of ``x`` that ``model`` (in eval mode) classifies as ``y``."""
+    was_training = model.training
+    model.eval()
+    correct = sum(
+        (model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item()
+        for i in range(0, len(x), batch_size)
+    )
+    model.train(was_training)
+    return correct / len(x)
+
+
+def train(model, optimizer, x, y, steps, batch_size=60, seed=0, log_every=None,
+          on_log=None, progress=True, desc="training"):
+    """Train with cross-entropy on shuffled mini-batches of ``(x, y)`` for ``steps`` steps.
+
+    Every ``log_every`` steps (and after the last), ``on_log(step, model)`` is called
+    with the model in training mode; what it returns is collected. Returns the list of
+    those values and the per-step training losses as a tensor.
+    """
+    model.train()
+    stream = batches(x, y, batch_size, seed=seed)
+    losses = torch.empty(steps)
+    logs = []
+    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=1):
+        xb, yb = next(stream)
+        loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[step - 1] = loss.detach()
+        if on_log is not None and log_every and (step % log_every == 0 or step == steps):
+            logs.append(on_log(step, model))
+            model.train()
+    return logs, losses
