@@ -12,7 +12,7 @@ STAMP   := $(VENV)/.installed
 # experiment results (metrics, never models) are cached here, keyed by configuration
 export BNUTILS_RESULTS ?= $(CURDIR)/_cache/results
 
-.PHONY: book test install clean
+.PHONY: book test bench install clean
 
 book: $(STAMP)
 	rm -rf _build/html
@@ -28,6 +28,11 @@ test: $(STAMP)
 	rm -rf _build/quick
 	BNBOOK_QUICK=1 $(JB) build . -W -n --keep-going --all --path-output _build/quick
 	BNBOOK_HTML=_build/quick/_build/html $(PY) -m pytest tests/browser
+
+# Speed and memory goals: each script prints ratios measured in one run; the report
+# (with the machine it ran on) is what the book's benchmarks appendix shows.
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py --out benchmarks/results/report.md
 
 install: $(STAMP)
 
