@@ -32,9 +32,25 @@ def test_changed_config_or_code_reruns(tmp_path, monkeypatch):
     fn = _experiment(calls)
     cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, fn, root=tmp_path)
     cache.train_or_load("exp", {"steps": 5, "lr": 0.2}, fn, root=tmp_path)
-    monkeypatch.setattr(cache, "code_version", lambda: "another-version")
+    monkeypatch.setattr("bnutils.__version__", "999.0")
     cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, fn, root=tmp_path)
     assert calls == [(5, 0.1), (5, 0.2), (5, 0.1)]
+
+
+def test_changed_experiment_code_reruns(tmp_path):
+    calls = []
+
+    def first(steps):
+        calls.append("first")
+        return {"x": np.zeros(steps)}
+
+    def second(steps):  # same name and config, different code
+        calls.append("second")
+        return {"x": np.ones(steps)}
+
+    cache.train_or_load("exp", {"steps": 2}, first, root=tmp_path)
+    again = cache.train_or_load("exp", {"steps": 2}, second, root=tmp_path)
+    assert calls == ["first", "second"] and again["x"].tolist() == [1.0, 1.0]
 
 
 def test_results_are_stored_without_pickle(tmp_path):
