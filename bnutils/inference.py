@@ -103,9 +103,19 @@ class MovingAverages:
         self.model, self.momenta = model, list(momenta)
         self.stats = {mom: {} for mom in self.momenta}
         self.count = {}
+        self._paused = False
+
+    @contextmanager
+    def paused(self):
+        """Within the block, training-mode passes (e.g. Algorithm 2's) are not tracked."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
 
     def _update(self, name, x):
-        if not self.model.training:
+        if not self.model.training or self._paused:
             return
         mean, var, m = batch_statistics(x)
         var = var * m / (m - 1)

@@ -269,6 +269,8 @@ def test_moving_averages_match_torch():
             for copy in copies.values():
                 copy(x[i : i + 8])
         net.eval()(x)  # eval-mode passes are not tracked
+        with tracker.paused():
+            population_statistics(net, x, batch_size=8)  # nor paused training-mode ones
     for mom in momenta:
         for name, (mean, var) in tracker.statistics(mom).items():
             bn = batchnorm_layers(copies[mom])[name]
