@@ -94,6 +94,7 @@ def statistics_over_training(steps, curves, errors):
             title="(a) test error with each estimate")
     ax2.set(xlabel="training step", ylabel="relative difference of Var[x]", yscale="log",
             title="(b) distance to Algorithm 2")
+    ax1.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax1.yaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
     ax1.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
     ax1.legend(fontsize=8)
