@@ -49,8 +49,8 @@ def population_statistics(model, x, batch_size):
     of ``batch_size`` (a last, smaller batch is dropped), and returns, per BN layer,
     E[x] = the mean of the batch means and Var[x] = m/(m-1) times the mean of the
     (biased) batch variances, m being the values per channel in a batch
-    (``batch_size``, times H*W for a convolution). The model, its mode and its running
-    statistics are left as they were.
+    (``batch_size``, times H*W for a convolution), as float64 tensors. The model, its
+    mode and its running statistics are left as they were.
     """
     if not 2 <= batch_size <= len(x):
         raise ValueError(f"batch_size must be between 2 and {len(x)}, got {batch_size}")
