@@ -51,3 +51,52 @@ def show_images(images, labels=None, ncols=8, size=1.0):
                 ax.set_title(str(int(labels[i])), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --- Chapter 4 -----------------------------------------------------------------------
+
+
+def batch_dependence(probs, eval_prob, batch_sizes, batch_acc, eval_acc):
+    """Two panels: (a) histogram of one example's predicted probability of its true class
+    over many batches, with the eval-mode value; (b) test accuracy with test-batch
+    statistics against the test batch size, with the eval-mode accuracy as a line."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.hist(probs, bins=30, range=(0, 1), color=COLORS["baseline"], alpha=0.8,
+             label="batch statistics")
+    ax1.axvline(eval_prob, color=COLORS["bn"], lw=2, label="population statistics (eval)")
+    ax1.set(xlabel="predicted probability of the true class", ylabel="batches",
+            title="(a) one test example, many batch-mates")
+    ax1.legend(loc="upper left", fontsize=8)
+    ax2.plot(batch_sizes, 100 * np.asarray(batch_acc), "o-", color=COLORS["baseline"],
+             label="batch statistics")
+    ax2.axhline(100 * eval_acc, color=COLORS["bn"], lw=2, label="population statistics (eval)")
+    ax2.set_xscale("log", base=2)
+    ax2.set(xlabel="test batch size", ylabel="test accuracy (%)",
+            title="(b) accuracy against test batch size")
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def statistics_over_training(steps, curves, errors):
+    """Two panels against training steps, one line per estimate of the population
+    statistics: (a) test error with it, (b) its relative distance to Algorithm 2's Var[x]."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    colors = ["#CC79A7", "#0072B2", "#009E73", "#E69F00", "#D55E00", "#56B4E9"]  # Okabe-Ito
+    for (label, acc), color in zip(curves.items(), colors, strict=False):
+        style = ({"color": "black", "lw": 2, "ls": "--"} if label == "Algorithm 2"
+                 else {"color": color, "label": f"momentum {label}"})
+        style.setdefault("label", label)
+        ax1.plot(steps, 100 * (1 - np.asarray(acc)), **style)
+        if label in errors:
+            ax2.plot(steps, errors[label], **style)
+    ax1.set(xlabel="training step", ylabel="test error (%)", yscale="log",
+            title="(a) test error with each estimate")
+    ax2.set(xlabel="training step", ylabel="relative difference of Var[x]", yscale="log",
+            title="(b) distance to Algorithm 2")
+    ax1.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax1.yaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
+    ax1.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
