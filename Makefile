@@ -9,7 +9,7 @@ JB      := $(VENV)/bin/jupyter-book
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-# experiment results (metrics, never models) are cached here, keyed by configuration
+# experiment results (metrics, small weight arrays; never pickle) are cached here
 export BNUTILS_RESULTS ?= $(CURDIR)/_cache/results
 
 .PHONY: book test bench install clean
