@@ -100,3 +100,40 @@ def statistics_over_training(steps, curves, errors):
     ax1.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --- Chapters 7 and 8: curves of several runs side by side --------------------------
+
+
+def panels(x, series, titles, xlabel="step", ylabels=None, logy=(), logx=False, width=3.4):
+    """One panel per entry of ``series``; each entry maps a label to ``(y, color)``.
+
+    ``x``: the x values shared by all panels, or a list with one per panel. A label in
+    parentheses, ``"(BN)"``, is drawn dashed. ``logy``: indices of the panels with a log
+    y axis; ``logx``: a base-2 x axis with markers. Returns the figure.
+    """
+    fig, axes = plt.subplots(1, len(series), figsize=(width * len(series), 3.2), squeeze=False)
+    for k, (ax, panel) in enumerate(zip(axes[0], series, strict=True)):
+        for label, (y, color) in panel.items():
+            xs = x[k] if isinstance(x, list) else x
+            style = "--" if label.startswith("(") else "-"
+            ax.plot(xs, y, style, color=color, label=label.strip("()"), marker="o" if logx else None,
+                    ms=3)
+        ax.set_title(titles[k], fontsize=10)
+        ax.set_xlabel(xlabel)
+        if ylabels:
+            ax.set_ylabel(ylabels[k])
+        if k in logy:
+            ax.set_yscale("log")
+        if logx:
+            ax.set_xscale("log", base=2)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def smooth(values, window):
+    """Moving average of a 1-d array over ``window`` points (valid part only)."""
+    values = np.asarray(values, dtype=float)
+    window = max(1, min(window, len(values)))
+    return np.convolve(values, np.ones(window) / window, mode="valid")

@@ -1,0 +1,178 @@
+"""The normalization layers of bnutils.norms against torch.nn and against batch norm."""
+
+import pytest
+import torch
+from torch import nn
+
+from bnutils.norms import BatchRenorm, GhostBatchNorm, GroupNorm, InstanceNorm, LayerNorm
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+@pytest.fixture(autouse=True)
+def double_precision():
+    """Tight tolerances need float64; restore the default afterwards for other test files."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _randomize(*params):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g))
+
+
+def _forward_backward(layer, x, w):
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    (w * y).sum().backward()
+    return y.detach(), x.grad
+
+
+def _data(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 3 * torch.randn(*shape, generator=g) + 1, torch.randn(*shape, generator=g)
+
+
+@pytest.mark.parametrize("shape", [(8, 6), (4, 3, 5, 5)])
+def test_layer_norm_matches_torch(shape):
+    x, w = _data(*shape)
+    ours, ref = LayerNorm(shape[1:]), nn.LayerNorm(shape[1:])
+    _randomize(ours.gamma, ours.beta)
+    with torch.no_grad():
+        ref.weight.copy_(ours.gamma)
+        ref.bias.copy_(ours.beta)
+    for a, b in zip(_forward_backward(ours, x, w), _forward_backward(ref, x, w), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(ours.gamma.grad, ref.weight.grad, **TOL)
+    torch.testing.assert_close(ours.beta.grad, ref.bias.grad, **TOL)
+
+
+@pytest.mark.parametrize("groups, shape", [(1, (5, 6)), (3, (5, 6)), (2, (4, 6, 3, 3)),
+                                           (6, (4, 6, 3, 3))])
+def test_group_norm_matches_torch(groups, shape):
+    x, w = _data(*shape)
+    ours, ref = GroupNorm(groups, shape[1]), nn.GroupNorm(groups, shape[1])
+    _randomize(ours.gamma, ours.beta)
+    with torch.no_grad():
+        ref.weight.copy_(ours.gamma)
+        ref.bias.copy_(ours.beta)
+    for a, b in zip(_forward_backward(ours, x, w), _forward_backward(ref, x, w), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(ours.gamma.grad, ref.weight.grad, **TOL)
+    torch.testing.assert_close(ours.beta.grad, ref.bias.grad, **TOL)
+
+
+def test_group_norm_with_one_group_is_layer_norm_over_chw():
+    x, _ = _data(4, 6, 3, 3)
+    torch.testing.assert_close(GroupNorm(1, 6)(x), LayerNorm((6, 3, 3))(x), **TOL)
+
+
+def test_instance_norm_matches_torch():
+    x, w = _data(4, 3, 5, 5)
+    for a, b in zip(_forward_backward(InstanceNorm(3), x, w),
+                    _forward_backward(nn.InstanceNorm2d(3), x, w), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="divisible"):
+        GroupNorm(4, 6)
+    with pytest.raises(ValueError, match=r"expects input \(N, 6"):
+        GroupNorm(2, 6)(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="LayerNorm expects"):
+        LayerNorm(4)(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="r_max >= 1"):
+        BatchRenorm(3, r_max=0.5)
+    with pytest.raises(ValueError, match="at least 2"):
+        GhostBatchNorm(3, virtual_batch_size=1)
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (8, 5, 3, 3)])
+def test_batch_renorm_with_tight_limits_is_batch_norm(shape):
+    x, w = _data(*shape)
+    ours = BatchRenorm(5, warmup=10, ramp=10)  # r_max = 1, d_max = 0 during the warm-up
+    assert ours.limits() == (1.0, 0.0)
+    ref = nn.BatchNorm1d(5) if len(shape) == 2 else nn.BatchNorm2d(5)
+    _randomize(ours.gamma, ours.beta)
+    with torch.no_grad():
+        ref.weight.copy_(ours.gamma)
+        ref.bias.copy_(ours.beta)
+    for a, b in zip(_forward_backward(ours, x, w), _forward_backward(ref, x, w), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(ours.gamma.grad, ref.weight.grad, **TOL)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x), ref(x), **TOL)
+
+
+def test_batch_renorm_at_running_statistics_equal_to_batch_statistics_is_batch_norm():
+    x, w = _data(16, 5)
+    ours, ref = BatchRenorm(5, r_max=3, d_max=5), nn.BatchNorm1d(5)
+    with torch.no_grad():  # running statistics that match this batch: r = 1, d = 0
+        ours.running_mean.copy_(x.mean(0))
+        ours.running_var.copy_(x.var(0, unbiased=False))
+    for a, b in zip(_forward_backward(ours, x, w), _forward_backward(ref, x, w), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_batch_renorm_unclipped_uses_running_statistics_and_constant_r_d():
+    x, w = _data(16, 5)
+    layer = BatchRenorm(5, r_max=1e6, d_max=1e6)
+    with torch.no_grad():
+        layer.running_mean.copy_(torch.linspace(-1, 1, 5))
+        layer.running_var.copy_(torch.linspace(0.5, 4, 5))
+    mu, var = layer.running_mean.clone(), layer.running_var.clone()
+    y, dx = _forward_backward(layer, x, w)
+    # forward: the inference transform with the running statistics
+    torch.testing.assert_close(y, (x - mu) / torch.sqrt(var + layer.eps), **TOL)
+    # backward: r and d constant, i.e. BN's gradient scaled by r
+    xr = x.clone().requires_grad_(True)
+    std_b = torch.sqrt(xr.var(0, unbiased=False) + layer.eps)
+    r = (std_b / torch.sqrt(var + layer.eps)).detach()
+    d = ((xr.mean(0) - mu) / torch.sqrt(var + layer.eps)).detach()
+    (w * ((xr - xr.mean(0)) / std_b * r + d)).sum().backward()
+    torch.testing.assert_close(dx, xr.grad, **TOL)
+
+
+def test_batch_renorm_schedule():
+    layer = BatchRenorm(2, r_max=3, d_max=5, warmup=4, ramp=8)
+    seen = []
+    for _ in range(14):
+        seen.append(layer.limits())
+        layer(torch.randn(4, 2))
+    assert seen[3] == (1.0, 0.0)
+    assert seen[8] == pytest.approx((2.0, 2.5))
+    assert seen[13] == (3.0, 5.0)
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (12, 5, 2, 2)])
+def test_ghost_batch_norm_is_batch_norm_per_virtual_batch(shape):
+    x, w = _data(*shape)
+    ghost = GhostBatchNorm(5, virtual_batch_size=4)
+    _randomize(ghost.gamma, ghost.beta)
+    y, dx = _forward_backward(ghost, x, w)
+    refs = [nn.BatchNorm1d(5) if len(shape) == 2 else nn.BatchNorm2d(5) for _ in range(3)]
+    for i, ref in enumerate(refs):
+        with torch.no_grad():
+            ref.weight.copy_(ghost.gamma)
+            ref.bias.copy_(ghost.beta)
+        rows = slice(4 * i, 4 * i + 4)
+        y_ref, dx_ref = _forward_backward(ref, x[rows], w[rows])
+        torch.testing.assert_close(y[rows], y_ref, **TOL)
+        torch.testing.assert_close(dx[rows], dx_ref, **TOL)
+    mean_of = torch.stack([r.running_mean for r in refs]).mean(0)
+    torch.testing.assert_close(ghost.running_mean, mean_of, **TOL)
+    torch.testing.assert_close(ghost.running_var, torch.stack([r.running_var for r in refs]).mean(0),
+                               **TOL)
+
+
+def test_ghost_batch_norm_with_one_virtual_batch_is_batch_norm():
+    x, w = _data(8, 5)
+    ghost, ref = GhostBatchNorm(5, virtual_batch_size=8), nn.BatchNorm1d(5)
+    for a, b in zip(_forward_backward(ghost, x, w), _forward_backward(ref, x, w), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
