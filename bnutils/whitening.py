@@ -1,26 +1,27 @@
-"""Standardisation and full whitening of inputs (PCA and ZCA), in NumPy.
+"""Standardisation and full whitening of inputs (PCA and ZCA).
 
 Derived in notebook 01, which uses them to show why normalized inputs make gradient
 descent converge faster and why full whitening is too costly inside every layer.
-Shapes: ``x: (N, D)``, N examples of D features.
+Shapes: ``x: (N, D)``, N examples of D features, as a NumPy array or a torch tensor
+(the result is of the same kind).
 """
 
 import numpy as np
+import torch
 
 METHODS = ("pca", "zca")
 
 
 def covariance(x):
-    """The biased covariance ``(D, D)`` of ``x: (N, D)`` around its mean."""
-    xmu = x - x.mean(axis=0)
+    """The biased covariance ``(D, D)`` of ``x: (N, D)`` around its mean, O(N D^2)."""
+    xmu = x - x.mean(0)
     return xmu.T @ xmu / len(x)
 
 
 def standardize(x, eps=0.0):
     """Per-feature zero mean and unit variance: ``(x - mean) / sqrt(var + eps)``, O(N D)."""
-    mean = x.mean(axis=0)
-    xmu = x - mean
-    return xmu / np.sqrt((xmu * xmu).mean(axis=0) + eps)
+    xmu = x - x.mean(0)
+    return xmu / ((xmu * xmu).mean(0) + eps) ** 0.5
 
 
 def whitening_matrix(cov, method="zca", eps=0.0):
@@ -33,12 +34,13 @@ def whitening_matrix(cov, method="zca", eps=0.0):
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    lam, U = np.linalg.eigh(cov)
-    scaled = U.T / np.sqrt(lam + eps)[:, None]
+    linalg = torch.linalg if isinstance(cov, torch.Tensor) else np.linalg
+    lam, U = linalg.eigh(cov)
+    scaled = U.T / ((lam + eps) ** 0.5)[:, None]
     return scaled if method == "pca" else U @ scaled
 
 
 def whiten(x, method="zca", eps=0.0):
     """``(x - mean) @ W.T`` for the whitening matrix of ``x``: identity covariance."""
     W = whitening_matrix(covariance(x), method, eps)
-    return (x - x.mean(axis=0)) @ W.T
+    return (x - x.mean(0)) @ W.T
