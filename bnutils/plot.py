@@ -137,3 +137,106 @@ def smooth(values, window):
     values = np.asarray(values, dtype=float)
     window = max(1, min(window, len(values)))
     return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+# --- Chapter 1: whitening and internal covariate shift --------------------------------
+
+
+def gd_contours(runs, levels=12, span=1.6):
+    """One panel per run: loss contours over ``(w1, w2)`` and the gradient-descent path.
+
+    ``runs``: dicts with ``title``, ``x (N, 2)``, ``t (N,)``, ``path (steps, 3)`` (w1, w2, b),
+    ``kappa`` and ``steps``. The loss is minimised over the bias b at each ``(w1, w2)``,
+    so the contours are those of the centered problem.
+    """
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.0 * len(runs), 3.0))
+    for ax, run in zip(np.atleast_1d(axes), runs, strict=True):
+        xc, tc = run["x"] - run["x"].mean(0), run["t"] - run["t"].mean()
+        path = np.asarray(run["path"])
+        w_star = np.linalg.lstsq(xc, tc, rcond=None)[0]
+        r = span * max(np.abs(w_star).max(), np.abs(path[0, :2] - w_star).max())
+        g1, g2 = np.meshgrid(np.linspace(w_star[0] - r, w_star[0] + r, 200),
+                             np.linspace(w_star[1] - r, w_star[1] + r, 200))
+        res = xc[:, :1, None] * g1.ravel() + xc[:, 1:, None] * g2.ravel() - tc[:, None, None]
+        loss = 0.5 * (res[:, 0] ** 2).mean(0).reshape(g1.shape)
+        ax.contour(g1, g2, np.log(loss - loss.min() + 1e-3), levels=levels, cmap="Greys",
+                   linewidths=0.7)
+        ax.plot(path[:, 0], path[:, 1], ".-", color=COLORS["baseline"], ms=2, lw=0.8)
+        ax.plot(*w_star, "*", color=COLORS["bn"], ms=10)
+        ax.set_title(f"{run['title']}\nκ = {run['kappa']:.3g}, steps: {run['steps']}", fontsize=9)
+        ax.set_xlabel("$w_1$")
+        ax.set_aspect("equal")
+    np.atleast_1d(axes)[0].set_ylabel("$w_2$")
+    fig.tight_layout()
+    return fig
+
+
+def ics_bands(step, pct, units):
+    """Percentile bands (15th, 50th, 85th) of a few units' inputs over training.
+
+    ``pct: (n_logs, n_units, 3)``; one panel per entry of ``units`` (indices into n_units).
+    """
+    fig, axes = plt.subplots(1, len(units), figsize=(3.2 * len(units), 2.8), sharey=True)
+    for ax, k in zip(np.atleast_1d(axes), units, strict=True):
+        percentile_bands(ax, step, pct[:, k], COLORS["baseline"])
+        ax.set_title(f"unit {k}", fontsize=9)
+        ax.set_xlabel("training step")
+    np.atleast_1d(axes)[0].set_ylabel("input to the sigmoid")
+    fig.tight_layout()
+    return fig
+
+
+def cost_curve(d, seconds):
+    """Log-log time against the number of features ``d``; ``seconds``: label -> times."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    colors = iter([COLORS["baseline"], COLORS["other"], COLORS["grey"], COLORS["bn"]])
+    for label, times in seconds.items():
+        ax.loglog(d, times, "o-", color=next(colors), label=label, ms=4)
+    ax.set_xticks(d, [str(v) for v in d])
+    ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
+    ax.set_xlabel("number of features d")
+    ax.set_ylabel("seconds per call")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def bias_runs(step, runs):
+    """Two panels, the bias ``b`` and the loss over training, one line per run.
+
+    ``runs``: label -> dict with ``b`` and ``loss`` arrays (one value per step).
+    """
+    fig, (ax_b, ax_l) = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    for (label, run), color, style in zip(runs.items(), [COLORS["baseline"], COLORS["bn"]],
+                                          ["-", "--"], strict=False):
+        ax_b.plot(step, run["b"], style, color=color, label=label)
+        ax_l.plot(step, run["loss"], style, color=color, label=label)
+    ax_b.set_ylabel("bias $b$")
+    ax_l.set_ylabel("loss")
+    for ax in (ax_b, ax_l):
+        ax.set_xlabel("gradient step")
+    ax_b.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --- Chapter 2: the Batch Normalizing Transform ----------------------------------------
+
+
+def before_after_histograms(before, after, units, bins=40):
+    """Histograms of a few units' values before and after BN, side by side.
+
+    ``before, after: (N, D)``; ``units``: the feature indices to overlay.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    colors = [COLORS["baseline"], COLORS["bn"], COLORS["other"], COLORS["grey"]]
+    titles = ("before BN: $x$", r"after BN: $\hat{x}$")
+    for ax, values, title in zip(axes, (before, after), titles, strict=True):
+        for k, color in zip(units, colors, strict=False):
+            ax.hist(values[:, k], bins=bins, color=color, alpha=0.45, label=f"unit {k}")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("value")
+    axes[0].set_ylabel("count")
+    axes[0].legend()
+    fig.tight_layout()
+    return fig
