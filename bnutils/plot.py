@@ -51,3 +51,40 @@ def show_images(images, labels=None, ncols=8, size=1.0):
                 ax.set_title(str(int(labels[i])), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --- Chapter 6: the scaled-down section 4.2 experiment ----------------------------------
+
+# configuration -> (colour, line style) for the accuracy curves of notebook 06
+FIGURE3_STYLES = {
+    "baseline": (COLORS["baseline"], "-"),
+    "baseline_x5": (COLORS["baseline"], "--"),
+    "baseline_sigmoid": (COLORS["baseline"], ":"),
+    "bn": (COLORS["bn"], "-"),
+    "bn_x5": (COLORS["bn"], "--"),
+    "bn_x30": (COLORS["bn"], "-."),
+    "bn_x5_sigmoid": (COLORS["other"], "--"),
+}
+
+
+def figure3_curves(results, reference="baseline"):
+    """Test accuracy against training steps, ReLU networks left, sigmoid networks right.
+
+    ``results``: what ``bnutils.experiments.figure3`` returns. A cross marks where a
+    diverged run was stopped; the dotted grey line is the best accuracy of ``reference``.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    target = results[reference]["acc"].max()
+    for name, r in results.items():
+        ax = axes[1] if "sigmoid" in name else axes[0]
+        color, style = FIGURE3_STYLES.get(name, (COLORS["grey"], "-"))
+        ax.plot(r["step"], r["acc"], color=color, ls=style, label=f"{name} (lr {r['lr']:g})")
+        if r["diverged"]:
+            ax.plot(r["step"][-1], r["acc"][-1], "x", color=color, ms=9, mew=2)
+    for ax, title in zip(axes, ("ReLU networks", "sigmoid networks"), strict=True):
+        ax.axhline(target, color=COLORS["grey"], ls=":", lw=1)
+        ax.set(title=title, xlabel="training step")
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0].set_ylabel("test accuracy")
+    fig.tight_layout()
+    return fig
