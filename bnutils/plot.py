@@ -82,9 +82,9 @@ def figure3_curves(results, reference="baseline"):
         if r["diverged"]:
             ax.plot(r["step"][-1], r["acc"][-1], "x", color=color, ms=9, mew=2)
     for ax, title in zip(axes, ("ReLU networks", "sigmoid networks"), strict=True):
-        ax.axhline(target, color=COLORS["grey"], ls=":", lw=1)
-        ax.set(title=title, xlabel="training step")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label=f"best {reference}")
+        ax.set(title=title, xlabel="training step", ylim=(0, 1))
+        ax.legend(loc="best", fontsize=8)
     axes[0].set_ylabel("test accuracy")
     fig.tight_layout()
     return fig
