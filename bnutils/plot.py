@@ -240,3 +240,49 @@ def before_after_histograms(before, after, units, bins=40):
     axes[0].legend()
     fig.tight_layout()
     return fig
+
+
+# --- Chapter 6: the scaled-down section 4.2 experiment ----------------------------------
+
+# configuration -> (colour, line style) for the accuracy curves of notebook 06
+FIGURE3_STYLES = {
+    "baseline": (COLORS["baseline"], "-"),
+    "baseline_x5": (COLORS["baseline"], "--"),
+    "baseline_sigmoid": (COLORS["baseline"], ":"),
+    "bn": (COLORS["bn"], "-"),
+    "bn_x5": (COLORS["bn"], "--"),
+    "bn_x30": (COLORS["bn"], "-."),
+    "bn_x5_sigmoid": (COLORS["other"], "--"),
+}
+
+
+def figure3_curves(results, reference="baseline", zoom=0.1):
+    """Test accuracy against training steps, ReLU networks left, sigmoid networks right.
+
+    ``results``: what ``bnutils.experiments.figure3`` returns. A cross marks where a
+    diverged run was stopped; the dotted grey line is the best accuracy of ``reference``.
+    An inset on the left enlarges the top ``zoom`` of the accuracy axis (below the best
+    of all runs), where the trained ReLU networks differ.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    target = results[reference]["acc"].max()
+    top = max(r["acc"].max() for r in results.values())
+    inset = axes[0].inset_axes([0.4, 0.3, 0.57, 0.4])
+    for name, r in results.items():
+        sigmoid = "sigmoid" in name
+        color, style = FIGURE3_STYLES.get(name, (COLORS["grey"], "-"))
+        targets = [axes[1]] if sigmoid else [axes[0], inset]
+        for ax in targets:
+            ax.plot(r["step"], r["acc"], color=color, ls=style, label=f"{name} (lr {r['lr']:g})")
+            if r["diverged"]:
+                ax.plot(r["step"][-1], r["acc"][-1], "x", color=color, ms=9, mew=2)
+    for ax in (*axes, inset):
+        ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label=f"best {reference}")
+    inset.set(ylim=(top - zoom, top + 0.01), xlim=(0, None))
+    inset.tick_params(labelsize=7)
+    for ax, title in zip(axes, ("ReLU networks", "sigmoid networks"), strict=True):
+        ax.set(title=title, xlabel="training step", ylim=(0, 1))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
+    axes[0].set_ylabel("test accuracy")
+    fig.tight_layout()
+    return fig

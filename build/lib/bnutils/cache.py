@@ -1,18 +1,20 @@
 """Cache experiment results on disk, keyed by their configuration and by the code.
 
 Long runs go through ``train_or_load``: the first call runs the experiment and stores
-its result (NumPy arrays in ``.npz``, everything else in JSON, never pickle); a later
-call with the same configuration and the same ``bnutils`` source loads it instead.
+its result (NumPy arrays in ``.npz``, everything else in JSON, never pickle). A later
+call loads it instead when the configuration, the ``bnutils`` version and the source of
+the experiment (the module that defines it, or the function itself when it is defined
+in a notebook) are unchanged. Changing a shared helper that alters results means
+bumping ``bnutils.__version__``.
 """
 
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-
-_PACKAGE = Path(__file__).resolve().parent
 
 
 def results_root():
@@ -23,18 +25,24 @@ def results_root():
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "bnutils" / "results"
 
 
-def code_version():
-    """A digest of the ``bnutils`` sources: any code change invalidates cached results."""
-    h = hashlib.sha256()
-    for path in sorted(_PACKAGE.rglob("*.py")):
-        h.update(path.relative_to(_PACKAGE).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+def code_version(fn):
+    """The ``bnutils`` version and a digest of the code that defines ``fn``."""
+    from . import __version__
+
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):  # no source to be found: key on the version alone
+        source = ""
+    module = inspect.getmodule(fn)
+    path = getattr(module, "__file__", None)
+    if path and module.__name__ != "__main__":  # helpers beside fn in its module count too
+        source += Path(path).read_text()
+    return f"{__version__}+{hashlib.sha256(source.encode()).hexdigest()[:12]}"
 
 
-def cache_key(name, config):
-    """A file-name-safe key for ``name`` run with ``config`` (a JSON-serialisable dict)."""
-    blob = json.dumps({"config": config, "code": code_version()}, sort_keys=True, default=str)
+def cache_key(name, config, fn):
+    """A file-name-safe key for experiment ``fn`` named ``name``, run with ``config``."""
+    blob = json.dumps({"config": config, "code": code_version(fn)}, sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -45,14 +53,14 @@ def train_or_load(name, config, fn, root=None, verbose=True):
     JSON-serialisable values (numbers, strings, lists), or dicts of those, nested.
     """
     folder = Path(root) if root is not None else results_root()
-    key = cache_key(name, config)
+    key = cache_key(name, config, fn)
     npz, meta = folder / f"{key}.npz", folder / f"{key}.json"
     if npz.exists() and meta.exists():
         if verbose:
             print(f"loaded cached result {key} from {folder}")
         return _read(npz, meta)
     result = fn(**config)
-    _write(folder, npz, meta, result, name, config)
+    _write(folder, npz, meta, result, name, config, fn)
     return _read(npz, meta)
 
 
@@ -84,13 +92,13 @@ def _merge(arrays, other):
     return tree
 
 
-def _write(folder, npz, meta, result, name, config):
+def _write(folder, npz, meta, result, name, config, fn):
     arrays, other = _split(result)
     folder.mkdir(parents=True, exist_ok=True)
     # write to temporary names first so an interrupted run leaves no half result
     tmp_npz, tmp_meta = npz.with_suffix(".tmp.npz"), meta.with_suffix(".tmp.json")
     np.savez_compressed(tmp_npz, **arrays)
-    doc = {"name": name, "config": config, "code": code_version(), "values": other}
+    doc = {"name": name, "config": config, "code": code_version(fn), "values": other}
     tmp_meta.write_text(json.dumps(doc, indent=1, default=_jsonable))
     os.replace(tmp_npz, npz)
     os.replace(tmp_meta, meta)

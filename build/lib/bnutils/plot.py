@@ -51,3 +51,192 @@ def show_images(images, labels=None, ncols=8, size=1.0):
                 ax.set_title(str(int(labels[i])), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --- Chapter 4 -----------------------------------------------------------------------
+
+
+def batch_dependence(probs, eval_prob, batch_sizes, batch_acc, eval_acc):
+    """Two panels: (a) histogram of one example's predicted probability of its true class
+    over many batches, with the eval-mode value; (b) test accuracy with test-batch
+    statistics against the test batch size, with the eval-mode accuracy as a line."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.hist(probs, bins=30, range=(0, 1), color=COLORS["baseline"], alpha=0.8,
+             label="batch statistics")
+    ax1.axvline(eval_prob, color=COLORS["bn"], lw=2, label="population statistics (eval)")
+    ax1.set(xlabel="predicted probability of the true class", ylabel="batches",
+            title="(a) one test example, many batch-mates")
+    ax1.legend(loc="upper left", fontsize=8)
+    ax2.plot(batch_sizes, 100 * np.asarray(batch_acc), "o-", color=COLORS["baseline"],
+             label="batch statistics")
+    ax2.axhline(100 * eval_acc, color=COLORS["bn"], lw=2, label="population statistics (eval)")
+    ax2.set_xscale("log", base=2)
+    ax2.set(xlabel="test batch size", ylabel="test accuracy (%)",
+            title="(b) accuracy against test batch size")
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def statistics_over_training(steps, curves, errors):
+    """Two panels against training steps, one line per estimate of the population
+    statistics: (a) test error with it, (b) its relative distance to Algorithm 2's Var[x]."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    colors = ["#CC79A7", "#0072B2", "#009E73", "#E69F00", "#D55E00", "#56B4E9"]  # Okabe-Ito
+    for (label, acc), color in zip(curves.items(), colors, strict=False):
+        style = ({"color": "black", "lw": 2, "ls": "--"} if label == "Algorithm 2"
+                 else {"color": color, "label": f"momentum {label}"})
+        style.setdefault("label", label)
+        ax1.plot(steps, 100 * (1 - np.asarray(acc)), **style)
+        if label in errors:
+            ax2.plot(steps, errors[label], **style)
+    ax1.set(xlabel="training step", ylabel="test error (%)", yscale="log",
+            title="(a) test error with each estimate")
+    ax2.set(xlabel="training step", ylabel="relative difference of Var[x]", yscale="log",
+            title="(b) distance to Algorithm 2")
+    ax1.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax1.yaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
+    ax1.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --- Chapters 7 and 8: curves of several runs side by side --------------------------
+
+
+def panels(x, series, titles, xlabel="step", ylabels=None, logy=(), logx=False, width=3.4):
+    """One panel per entry of ``series``; each entry maps a label to ``(y, color)``.
+
+    ``x``: the x values shared by all panels, or a list with one per panel. A label in
+    parentheses, ``"(BN)"``, is drawn dashed. ``logy``: indices of the panels with a log
+    y axis; ``logx``: a base-2 x axis with markers. Returns the figure.
+    """
+    fig, axes = plt.subplots(1, len(series), figsize=(width * len(series), 3.2), squeeze=False)
+    for k, (ax, panel) in enumerate(zip(axes[0], series, strict=True)):
+        for label, (y, color) in panel.items():
+            xs = x[k] if isinstance(x, list) else x
+            style = "--" if label.startswith("(") else "-"
+            ax.plot(xs, y, style, color=color, label=label.strip("()"), marker="o" if logx else None,
+                    ms=3)
+        ax.set_title(titles[k], fontsize=10)
+        ax.set_xlabel(xlabel)
+        if ylabels:
+            ax.set_ylabel(ylabels[k])
+        if k in logy:
+            ax.set_yscale("log")
+        if logx:
+            ax.set_xscale("log", base=2)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def smooth(values, window):
+    """Moving average of a 1-d array over ``window`` points (valid part only)."""
+    values = np.asarray(values, dtype=float)
+    window = max(1, min(window, len(values)))
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+# --- Chapter 1: whitening and internal covariate shift --------------------------------
+
+
+def gd_contours(runs, levels=12, span=1.6):
+    """One panel per run: loss contours over ``(w1, w2)`` and the gradient-descent path.
+
+    ``runs``: dicts with ``title``, ``x (N, 2)``, ``t (N,)``, ``path (steps, 3)`` (w1, w2, b),
+    ``kappa`` and ``steps``. The loss is minimised over the bias b at each ``(w1, w2)``,
+    so the contours are those of the centered problem.
+    """
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.0 * len(runs), 3.0))
+    for ax, run in zip(np.atleast_1d(axes), runs, strict=True):
+        xc, tc = run["x"] - run["x"].mean(0), run["t"] - run["t"].mean()
+        path = np.asarray(run["path"])
+        w_star = np.linalg.lstsq(xc, tc, rcond=None)[0]
+        r = span * max(np.abs(w_star).max(), np.abs(path[0, :2] - w_star).max())
+        g1, g2 = np.meshgrid(np.linspace(w_star[0] - r, w_star[0] + r, 200),
+                             np.linspace(w_star[1] - r, w_star[1] + r, 200))
+        res = xc[:, :1, None] * g1.ravel() + xc[:, 1:, None] * g2.ravel() - tc[:, None, None]
+        loss = 0.5 * (res[:, 0] ** 2).mean(0).reshape(g1.shape)
+        ax.contour(g1, g2, np.log(loss - loss.min() + 1e-3), levels=levels, cmap="Greys",
+                   linewidths=0.7)
+        ax.plot(path[:, 0], path[:, 1], ".-", color=COLORS["baseline"], ms=2, lw=0.8)
+        ax.plot(*w_star, "*", color=COLORS["bn"], ms=10)
+        ax.set_title(f"{run['title']}\nκ = {run['kappa']:.3g}, steps: {run['steps']}", fontsize=9)
+        ax.set_xlabel("$w_1$")
+        ax.set_aspect("equal")
+    np.atleast_1d(axes)[0].set_ylabel("$w_2$")
+    fig.tight_layout()
+    return fig
+
+
+def ics_bands(step, pct, units):
+    """Percentile bands (15th, 50th, 85th) of a few units' inputs over training.
+
+    ``pct: (n_logs, n_units, 3)``; one panel per entry of ``units`` (indices into n_units).
+    """
+    fig, axes = plt.subplots(1, len(units), figsize=(3.2 * len(units), 2.8), sharey=True)
+    for ax, k in zip(np.atleast_1d(axes), units, strict=True):
+        percentile_bands(ax, step, pct[:, k], COLORS["baseline"])
+        ax.set_title(f"unit {k}", fontsize=9)
+        ax.set_xlabel("training step")
+    np.atleast_1d(axes)[0].set_ylabel("input to the sigmoid")
+    fig.tight_layout()
+    return fig
+
+
+def cost_curve(d, seconds):
+    """Log-log time against the number of features ``d``; ``seconds``: label -> times."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    colors = iter([COLORS["baseline"], COLORS["other"], COLORS["grey"], COLORS["bn"]])
+    for label, times in seconds.items():
+        ax.loglog(d, times, "o-", color=next(colors), label=label, ms=4)
+    ax.set_xticks(d, [str(v) for v in d])
+    ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
+    ax.set_xlabel("number of features d")
+    ax.set_ylabel("seconds per call")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def bias_runs(step, runs):
+    """Two panels, the bias ``b`` and the loss over training, one line per run.
+
+    ``runs``: label -> dict with ``b`` and ``loss`` arrays (one value per step).
+    """
+    fig, (ax_b, ax_l) = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    for (label, run), color, style in zip(runs.items(), [COLORS["baseline"], COLORS["bn"]],
+                                          ["-", "--"], strict=False):
+        ax_b.plot(step, run["b"], style, color=color, label=label)
+        ax_l.plot(step, run["loss"], style, color=color, label=label)
+    ax_b.set_ylabel("bias $b$")
+    ax_l.set_ylabel("loss")
+    for ax in (ax_b, ax_l):
+        ax.set_xlabel("gradient step")
+    ax_b.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --- Chapter 2: the Batch Normalizing Transform ----------------------------------------
+
+
+def before_after_histograms(before, after, units, bins=40):
+    """Histograms of a few units' values before and after BN, side by side.
+
+    ``before, after: (N, D)``; ``units``: the feature indices to overlay.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    colors = [COLORS["baseline"], COLORS["bn"], COLORS["other"], COLORS["grey"]]
+    titles = ("before BN: $x$", r"after BN: $\hat{x}$")
+    for ax, values, title in zip(axes, (before, after), titles, strict=True):
+        for k, color in zip(units, colors, strict=False):
+            ax.hist(values[:, k], bins=bins, color=color, alpha=0.45, label=f"unit {k}")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("value")
+    axes[0].set_ylabel("count")
+    axes[0].legend()
+    fig.tight_layout()
+    return fig

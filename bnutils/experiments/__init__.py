@@ -1,0 +1,1 @@
+from .figure3 import figure3  # noqa: F401
