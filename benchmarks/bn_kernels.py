@@ -29,7 +29,7 @@ def numpy_kernels(shape, dtype, seed=0):
     dy = rng.normal(size=shape).astype(dtype)
     cache = batchnorm_forward(x, gamma, beta)[1]
     staged, compact = batchnorm_backward_staged(dy, cache), batchnorm_backward(dy, cache)
-    err = max(float(np.max(np.abs(s - c)) / np.max(np.abs(s))) for s, c in zip(staged, compact))
+    err = max(float(np.max(np.abs(s - c)) / np.max(np.abs(s))) for s, c in zip(staged, compact, strict=True))
     return {"staged": lambda: batchnorm_backward_staged(dy, cache),
             "compact": lambda: batchnorm_backward(dy, cache)}, err
 
@@ -50,7 +50,7 @@ def torch_kernels(shape, dtype, seed=0):
         return torch.autograd.grad(BatchNormFunction.apply(x, gamma, beta, 1e-5),
                                    (x, gamma, beta), dy)
 
-    err = max(float((a - b).abs().max() / a.abs().max()) for a, b in zip(native(), custom()))
+    err = max(float((a - b).abs().max() / a.abs().max()) for a, b in zip(native(), custom(), strict=True))
     return {"native": native, "custom": custom}, err
 
 

@@ -115,3 +115,26 @@ def bn_graph(ax=None):
     ax.set_aspect("equal")
     ax.axis("off")
     return ax
+
+
+def compare_loss_curves(curves, names, colors=("bn", "other")):
+    """Two training-loss curves on top of each other (left) and their absolute difference (right).
+
+    ``curves``: dict name -> per-step losses ``(steps,)``; ``names``: the two to compare,
+    the first drawn solid and the second dashed on top of it.
+    """
+    a, b = (np.asarray(curves[n]) for n in names)
+    step = np.arange(1, len(a) + 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.plot(step, a, color=COLORS[colors[0]], lw=1.6, label=names[0])
+    ax1.plot(step, b, color=COLORS[colors[1]], lw=1.0, ls="--", label=names[1])
+    ax1.set(xlabel="training step", ylabel="training loss", yscale="log")
+    ax1.legend()
+    diff = np.abs(a - b)
+    # exact zeros cannot be drawn on a log scale: show the others as points, count the zeros
+    ax2.semilogy(step[diff > 0], diff[diff > 0], ".", ms=2.5, color=COLORS["grey"])
+    ax2.set(xlabel="training step", ylabel="|loss difference|",
+            title=f"equal to the last bit at {np.mean(diff == 0):.0%} of the steps")
+    ax2.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
