@@ -22,6 +22,17 @@ def _stat_dims(x):
     )
 
 
+def _feature_sum(t):
+    """Per-feature sum of ``t: (N, D)`` or ``(N, C, H, W)`` over everything else: ``(D,)`` or ``(C,)``.
+
+    For ``(N, D)`` a matrix-vector product with ones: on the CPU it is about twice as fast
+    as ``t.sum(0)``, whose reduction runs across rows.
+    """
+    if t.dim() == 2:
+        return t.new_ones(t.shape[0]) @ t
+    return t.sum((0, 2, 3))
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Batch Normalization in training mode, with the compact backward pass written by hand.
 
@@ -35,13 +46,14 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps=1e-5):
-        dims, shape = _stat_dims(x)
+        _, shape = _stat_dims(x)
         # Two passes (the mean, then the mean of squared deviations) as in bnutils.bn; on
         # the CPU this is also faster than torch.var_mean over these dims. y's memory
         # holds the squared deviations first, so the forward pass allocates two tensors.
-        xmu = x - x.mean(dims, keepdim=True)
+        m = x.numel() // x.shape[1]
+        xmu = x - (_feature_sum(x) / m).view(shape)
         y = torch.mul(xmu, xmu)
-        inv_std = torch.rsqrt(y.mean(dims, keepdim=True) + eps)
+        inv_std = torch.rsqrt(_feature_sum(y).view(shape) / m + eps)
         x_hat = xmu.mul_(inv_std)
         torch.addcmul(beta.view(shape), x_hat, gamma.view(shape), out=y)
         ctx.save_for_backward(x_hat, gamma, inv_std)
@@ -51,11 +63,11 @@ class BatchNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x_hat, gamma, inv_std = ctx.saved_tensors
-        dims, shape = _stat_dims(dy)
+        _, shape = _stat_dims(dy)
         m = dy.numel() // dy.shape[1]
-        dbeta = dy.sum(dims)
+        dbeta = _feature_sum(dy)
         dx = torch.mul(dy, x_hat)
-        dgamma = dx.sum(dims)
+        dgamma = _feature_sum(dx)
         if not ctx.needs_input_grad[0]:
             return None, dgamma, dbeta, None
         # dx = gamma * inv_std * (dy - dbeta / m - x_hat * dgamma / m), in dx's memory
