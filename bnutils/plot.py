@@ -121,14 +121,19 @@ def compare_loss_curves(curves, names, colors=("bn", "other")):
     """Two training-loss curves on top of each other (left) and their absolute difference (right).
 
     ``curves``: dict name -> per-step losses ``(steps,)``; ``names``: the two to compare,
-    the first drawn solid and the second dashed on top of it.
+    the first drawn solid and the second dashed on top of it, as running means over
+    1/60 of the run; the differences are per step.
     """
     a, b = (np.asarray(curves[n]) for n in names)
     step = np.arange(1, len(a) + 1)
+    window = max(1, len(a) // 60)  # per-step losses are noisy: show running means
+    kernel = np.ones(window) / window
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax1.plot(step, a, color=COLORS[colors[0]], lw=1.6, label=names[0])
-    ax1.plot(step, b, color=COLORS[colors[1]], lw=1.0, ls="--", label=names[1])
-    ax1.set(xlabel="training step", ylabel="training loss", yscale="log")
+    for curve, name, color, style in ((a, names[0], colors[0], "-"), (b, names[1], colors[1], "--")):
+        ax1.plot(step[window - 1:], np.convolve(curve, kernel, mode="valid"), color=COLORS[color],
+                 lw=2.2 if style == "-" else 1.2, ls=style, label=name)
+    ax1.set(xlabel="training step", ylabel=f"training loss (mean of {window} steps)",
+            yscale="log")
     ax1.legend()
     diff = np.abs(a - b)
     # exact zeros cannot be drawn on a log scale: show the others as points, count the zeros
