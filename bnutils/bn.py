@@ -76,3 +76,90 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
     cache = {"x_hat": x_hat, "xmu": xmu, "mean": mean, "var": var, "inv_std": inv_std,
              "gamma": gamma, "eps": eps, "axes": axes}
     return y, cache
+
+
+def _m_and_shape(cache):
+    """The number of values per statistic, m, and the per-feature broadcast shape."""
+    x_hat = cache["x_hat"]
+    _, shape = _axes(x_hat)
+    return x_hat.size // x_hat.shape[1], shape
+
+
+def _check_dy(dy, cache):
+    dy = np.asarray(dy)
+    if dy.shape != cache["x_hat"].shape:
+        raise ValueError(
+            f"dy must have the shape of the forward input {cache['x_hat'].shape}, got {dy.shape}"
+        )
+    return dy
+
+
+def batchnorm_backward_staged(dy, cache):
+    """Gradients of BN by the paper's staged chain rule (section 3), one node at a time.
+
+    ``dy: (N, D)`` or ``(N, C, H, W)``, the gradient dl/dy; ``cache`` from
+    ``batchnorm_forward``. Returns ``(dx, dgamma, dbeta)`` with the shapes of ``x``,
+    ``gamma`` and ``beta``. Written to mirror the paper's equations, not for speed;
+    ``batchnorm_backward`` is the fast form. Derived in notebook 03.
+    """
+    dy = _check_dy(dy, cache)
+    axes = cache["axes"]
+    m, shape = _m_and_shape(cache)
+    xmu, var, eps = cache["xmu"], cache["var"], cache["eps"]
+    dx_hat = dy * cache["gamma"].reshape(shape)
+    dvar = (dx_hat * xmu).sum(axis=axes) * -0.5 * (var + eps) ** -1.5
+    dmean = ((dx_hat * (-1.0 / np.sqrt(var + eps)).reshape(shape)).sum(axis=axes)
+             + dvar * (-2.0 * xmu).sum(axis=axes) / m)
+    dx = (dx_hat / np.sqrt(var + eps).reshape(shape)
+          + dvar.reshape(shape) * 2.0 * xmu / m
+          + dmean.reshape(shape) / m)
+    dgamma = (dy * cache["x_hat"]).sum(axis=axes)
+    dbeta = dy.sum(axis=axes)
+    return dx, dgamma, dbeta
+
+
+def _feature_sums(a, b=None):
+    """Per-feature sum of ``a`` (or of ``a * b``) without a full-size temporary.
+
+    ``a, b: (N, D)`` or ``(N, C, H, W)``; returns ``(D,)`` or ``(C,)``. ``einsum``
+    multiplies and reduces in one pass.
+    """
+    sub = "nd" if a.ndim == 2 else "nchw"
+    if b is None:
+        return np.einsum(f"{sub}->{sub[1]}", a)
+    return np.einsum(f"{sub},{sub}->{sub[1]}", a, b)
+
+
+def _per_sample(v, x):
+    """A per-feature vector ``v`` laid out like one sample of ``x``: ``(1, D)`` or ``(1, C, H, W)``.
+
+    For images, multiplying by a ``(1, C, 1, 1)`` view makes NumPy's inner loop run over
+    H*W values against a repeated scalar; a materialised ``(1, C, H, W)`` copy (small:
+    one sample) lets it run over contiguous memory, which is about 1.5x faster.
+    """
+    if x.ndim == 2:
+        return v.reshape(1, -1)
+    return np.ascontiguousarray(np.broadcast_to(v[:, None, None], x.shape[1:]))[None]
+
+
+def batchnorm_backward(dy, cache):
+    """Gradients of BN in the compact form (derived in notebook 03).
+
+    dx = gamma / sqrt(sigma_B^2 + eps) * (dy - mean(dy) - x_hat * mean(dy * x_hat)),
+    with the means taken per feature, and dgamma = sum(dy * x_hat), dbeta = sum(dy).
+    ``dy: (N, D)`` or ``(N, C, H, W)``; ``cache`` from ``batchnorm_forward``. Returns
+    ``(dx, dgamma, dbeta)``. The two sums are exactly dbeta and dgamma, so they are
+    computed once and reused; dx then takes four passes over the data and no temporary.
+    """
+    dy = _check_dy(dy, cache)
+    x_hat = cache["x_hat"]
+    m, _ = _m_and_shape(cache)
+    dbeta = _feature_sums(dy)
+    dgamma = _feature_sums(dy, x_hat)
+    scale = cache["gamma"] * cache["inv_std"]
+    # dx = scale * (dy - dbeta / m - x_hat * dgamma / m), built in place in dx's memory
+    dx = x_hat * _per_sample(dgamma / m, dy)
+    dx += _per_sample(dbeta / m, dy)
+    dx -= dy
+    dx *= _per_sample(-scale, dy)
+    return dx, dgamma, dbeta
