@@ -1,7 +1,10 @@
 """Run mode, seeds and device: the settings every notebook starts from."""
 
+import importlib.util
 import os
 import random
+import sys
+import time
 
 import numpy as np
 import torch
@@ -48,3 +51,28 @@ def device():
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def progress(iterable, desc=None, total=None, disable=False, **kwargs):
+    """Iterate over ``iterable`` with a progress bar that suits where the code runs.
+
+    A widget in Jupyter or Colab (with ipywidgets), a text bar in a terminal, and, in a
+    kernel that cannot redraw a bar (the book build), one summary line at the end
+    instead of a line per update.
+    """
+    if disable:
+        return iterable
+    if "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is None:
+        return _summary(iterable, desc or "progress")
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, **kwargs)
+
+
+def _summary(iterable, desc):
+    start, n = time.perf_counter(), 0
+    for n, item in enumerate(iterable, 1):  # noqa: B007 (n is the count after the loop)
+        yield item
+    seconds = time.perf_counter() - start
+    rate = f", {n / seconds:,.0f} it/s" if seconds > 0 else ""
+    print(f"{desc}: {n:,} iterations in {seconds:.1f} s{rate}")

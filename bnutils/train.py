@@ -2,8 +2,8 @@
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
+from .config import progress as progress_bar
 from .data import batches
 
 
@@ -36,7 +36,7 @@ def train(model, optimizer, x, y, steps, batch_size=60, seed=0, log_every=None,
     stream = batches(x, y, batch_size, seed=seed)
     losses = torch.empty(steps)
     logs, step = [], 0
-    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, mininterval=1):
+    for step in progress_bar(range(1, steps + 1), desc=desc, disable=not progress, mininterval=1):
         xb, yb = next(stream)
         loss = F.cross_entropy(model(xb), yb)
         losses[step - 1] = loss.detach()

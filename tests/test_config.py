@@ -36,3 +36,21 @@ def test_device_override(monkeypatch):
     monkeypatch.delenv("BNBOOK_DEVICE")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert bnutils.device().type == expected
+
+
+def test_progress_prints_one_summary_line_in_a_kernel_without_widgets(monkeypatch, capsys):
+    import importlib.util
+    import sys
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # pretend to run in a kernel
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ipywidgets" else real_find_spec(name, *a))
+    assert list(bnutils.progress(range(5), desc="steps")) == [0, 1, 2, 3, 4]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("steps: 5 iterations in ")
+
+
+def test_progress_disabled_returns_the_iterable():
+    items = [1, 2]
+    assert bnutils.progress(items, disable=True) is items
