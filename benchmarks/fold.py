@@ -6,13 +6,13 @@ their ratio, all measured in this run. Usage: ``python benchmarks/fold.py [--qui
 """
 
 import argparse
-import statistics
-import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from bnutils import layers
+from bnutils.timing import interleaved_times, ratio
 
 
 def small_cnn(bn):
@@ -23,19 +23,6 @@ def small_cnn(bn):
     return nn.Sequential(*block(1, 16, 1), *block(16, 32, 2), *block(32, 32, 1),
                          *block(32, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(64, 10))
-
-
-def timings(model, x, repeats, inner):
-    """Seconds per forward pass, one value per repeat (each the mean of ``inner`` calls)."""
-    out = []
-    with torch.inference_mode():
-        model(x)  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(inner):
-                model(x)
-            out.append((time.perf_counter() - start) / inner)
-    return out
 
 
 def main():
@@ -64,17 +51,14 @@ def main():
         folded = layers.fold_sequential(model)
         with torch.no_grad():
             diff = (folded(x) - model(x)).abs().max().item()
-        # interleave so that both see the same machine load
-        t_plain, t_fold = [], []
-        for _ in range(repeats):
-            t_plain += timings(model, x, 1, inner)
-            t_fold += timings(folded, x, 1, inner)
-        ratio_min = min(t_plain) / min(t_fold)
-        ratio_med = statistics.median(t_plain) / statistics.median(t_fold)
-        print(f"{name:27s} unfolded min {min(t_plain) * 1e3:7.2f} ms median "
-              f"{statistics.median(t_plain) * 1e3:7.2f} ms | folded min {min(t_fold) * 1e3:7.2f} "
-              f"ms median {statistics.median(t_fold) * 1e3:7.2f} ms | speed-up min "
-              f"{ratio_min:.2f}x median {ratio_med:.2f}x | max abs diff {diff:.1e}")
+        with torch.inference_mode():  # interleaved, so both see the same machine load
+            t = interleaved_times({"plain": lambda m=model: m(x), "folded": lambda m=folded: m(x)},
+                                  repeats=repeats, inner=inner)
+        r = ratio(t["plain"], t["folded"])
+        print(f"{name:27s} unfolded min {t['plain'].min() * 1e3:7.2f} ms median "
+              f"{np.median(t['plain']) * 1e3:7.2f} ms | folded min {t['folded'].min() * 1e3:7.2f} "
+              f"ms median {np.median(t['folded']) * 1e3:7.2f} ms | speed-up min "
+              f"{r['min']:.2f}x median {r['median']:.2f}x | max abs diff {diff:.1e}")
 
 
 if __name__ == "__main__":
