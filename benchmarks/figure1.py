@@ -7,7 +7,7 @@ ratio (median and min over repeats, bare and instrumented interleaved so both se
 same machine load) and the time of both networks for the 50,000 steps of the paper,
 measured (default) or extrapolated from the steps run (``--quick``).
 
-    python benchmarks/figure1.py --quick      # ~1 minute
+    python benchmarks/figure1.py --quick      # 1-2 minutes
     python benchmarks/figure1.py               # the full 50,000 steps, one repeat
 """
 
@@ -25,7 +25,7 @@ from bnutils.experiments.figure1 import make_net, mnist, one_thread, probe
 FULL_STEPS = 50_000
 
 
-def run(x, y, x_test, y_test, steps, log_every, instrumented, lr=1.0, init_std=0.05):
+def run(x, y, x_test, y_test, steps, log_every, instrumented, lr=2.0, init_std=0.05):
     """Seconds to train both networks for ``steps`` steps, with or without the probes."""
     start = time.perf_counter()
     for norm in (None, nn.BatchNorm1d):
@@ -39,12 +39,12 @@ def run(x, y, x_test, y_test, steps, log_every, instrumented, lr=1.0, init_std=0
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 steps, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="3,000 steps, 3 repeats")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--log-every", type=int, default=500)
     args = parser.parse_args()
-    steps = args.steps or (2_000 if args.quick else FULL_STEPS)
+    steps = args.steps or (3_000 if args.quick else FULL_STEPS)
     repeats = args.repeats or (3 if args.quick else 1)
 
     (x, y), (x_test, y_test) = mnist(device())

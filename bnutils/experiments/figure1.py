@@ -23,7 +23,7 @@ PERCENTILES = (0.15, 0.50, 0.85)
 NETS = ("baseline", "bn")
 
 
-def figure1(steps=50_000, seed=0, batch_size=60, log_every=500, lr=1.0, init_std=0.05,
+def figure1(steps=50_000, seed=0, batch_size=60, log_every=500, lr=2.0, init_std=0.05,
             units=8, pct_examples=1000, progress=True):
     """Train the baseline and the BN network of Figure 1 and return their logs (cached).
 
