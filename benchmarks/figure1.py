@@ -1,11 +1,13 @@
 """Figure 1's training loop: the cost of its instrumentation, and the full-run time.
 
-Trains the baseline and the BN network of ``bnutils.experiments.figure1`` twice per
-repeat, on the same data: bare (no logging) and instrumented (test accuracy and
-sigmoid percentiles every ``--log-every`` steps). Prints the instrumented/bare time
-ratio (median and min over repeats, bare and instrumented interleaved so both see the
-same machine load) and the time of both networks for the 50,000 steps of the paper,
-measured (default) or extrapolated from the steps run (``--quick``).
+Trains the baseline and the BN network of ``bnutils.experiments.figure1`` three times
+per repeat, on the same data: bare (no logging); instrumented as ``figure1`` does it
+(test accuracy and sigmoid percentiles every ``--log-every`` steps, probed in a second
+thread by ``Prober``); and instrumented inline (the same probes in the training
+thread, i.e. their full CPU cost). Prints the time ratios to bare (median and min over
+repeats; the variants are interleaved so all see the same machine load) and the time
+of both networks for the 50,000 steps of the paper, measured (default) or extrapolated
+from the steps run (``--quick``).
 
     python benchmarks/figure1.py --quick      # 1-2 minutes
     python benchmarks/figure1.py               # the full 50,000 steps, one repeat
@@ -20,20 +22,23 @@ from torch import nn
 
 from bnutils import train
 from bnutils.config import device
-from bnutils.experiments.figure1 import make_net, mnist, one_thread, probe
+from bnutils.experiments.figure1 import Prober, make_net, mnist, one_thread, probe
 
 FULL_STEPS = 50_000
 
 
-def run(x, y, x_test, y_test, steps, log_every, instrumented, lr=2.0, init_std=0.05):
-    """Seconds to train both networks for ``steps`` steps, with or without the probes."""
+def run(x, y, x_test, y_test, steps, log_every, mode, lr=2.0, init_std=0.05):
+    """Seconds to train both networks for ``steps`` steps; ``mode``: bare/thread/inline."""
     start = time.perf_counter()
     for norm in (None, nn.BatchNorm1d):
         model = make_net(norm, init_std, seed=0).to(x.device)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        on_log = (lambda step, m: probe(m, x_test, y_test, 1000, 8)) if instrumented else None
-        train.train(model, optimizer, x, y, steps, log_every=log_every if instrumented else None,
-                    on_log=on_log, progress=False)
+        on_log = {"bare": None, "thread": Prober(x_test, y_test, 1000, 8),
+                  "inline": lambda step, m: probe(m, x_test, y_test, 1000, 8)}[mode]
+        logs, _ = train.train(model, optimizer, x, y, steps, log_every=log_every,
+                              on_log=on_log, progress=False)
+        if mode == "thread":
+            on_log.results(logs)  # wait for the last probes: they are part of the cost
     return time.perf_counter() - start
 
 
@@ -48,22 +53,24 @@ def main():
     repeats = args.repeats or (3 if args.quick else 1)
 
     (x, y), (x_test, y_test) = mnist(device())
-    bare, inst = [], []
+    modes = ("bare", "thread", "inline")
+    times = {mode: [] for mode in modes}
     with one_thread():
-        run(x, y, x_test, y_test, 200, args.log_every, True)  # warm-up
+        for mode in modes:  # warm-up
+            run(x, y, x_test, y_test, 200, args.log_every, mode)
         for _ in range(repeats):
-            bare.append(run(x, y, x_test, y_test, steps, args.log_every, False))
-            inst.append(run(x, y, x_test, y_test, steps, args.log_every, True))
-    ratios = [i / b for i, b in zip(inst, bare, strict=True)]
-    print(f"device {device()}, 1 thread, {steps} steps x 2 networks, log every "
+            for mode in modes:
+                times[mode].append(run(x, y, x_test, y_test, steps, args.log_every, mode))
+    print(f"device {device()}, training on 1 thread, {steps} steps x 2 networks, log every "
           f"{args.log_every}, {repeats} repeat(s)")
-    print(f"bare          min {min(bare):7.2f} s   median {statistics.median(bare):7.2f} s")
-    print(f"instrumented  min {min(inst):7.2f} s   median {statistics.median(inst):7.2f} s")
-    print(f"ratio instrumented/bare: median {statistics.median(ratios):.3f}, "
-          f"of minima {min(inst) / min(bare):.3f}")
+    for mode in modes:
+        ratios = [t / b for t, b in zip(times[mode], times["bare"], strict=True)]
+        print(f"{mode:>7}: min {min(times[mode]):7.2f} s, median "
+              f"{statistics.median(times[mode]):7.2f} s; ratio to bare: median "
+              f"{statistics.median(ratios):.3f}, of minima {min(times[mode]) / min(times['bare']):.3f}")
     verb = "measured" if steps == FULL_STEPS else "extrapolated"
-    print(f"full run ({FULL_STEPS} steps, both networks, instrumented), {verb}: "
-          f"{min(inst) * FULL_STEPS / steps / 60:.1f} min")
+    print(f"full run ({FULL_STEPS} steps, both networks, as figure1 runs it), {verb}: "
+          f"{min(times['thread']) * FULL_STEPS / steps / 60:.1f} min")
 
 
 if __name__ == "__main__":

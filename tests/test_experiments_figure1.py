@@ -81,3 +81,21 @@ def test_a_changed_argument_reruns(result, results_dir):
     other = figure1(**{**TINY, "seed": 1})
     assert len(list(results_dir.glob("figure1-*.npz"))) == 2
     assert not np.array_equal(other["pct_bn"], result["pct_bn"])
+
+
+def test_prober_in_a_thread_matches_inline_probes():
+    from bnutils import train
+    from bnutils.experiments.figure1 import Prober
+
+    x, y = torch.randn(300, 784), torch.randint(0, 10, (300,))
+    results = []
+    for on_log in (Prober(x, y, 100, 4), lambda step, m: (step, *probe(m, x, y, 100, 4))):
+        net = make_net(torch.nn.BatchNorm1d, 0.05, 0)
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        logs, _ = train.train(net, opt, x, y, 30, batch_size=20, log_every=10,
+                              on_log=on_log, progress=False)
+        results.append(logs)
+    steps, correct, pct = Prober(x, y, 100, 4).results(results[0])
+    assert steps.tolist() == [s for s, _, _ in results[1]] == [10, 20, 30]
+    torch.testing.assert_close(correct, torch.stack([c for _, c, _ in results[1]]), rtol=0, atol=0)
+    torch.testing.assert_close(pct, torch.stack([p for _, _, p in results[1]]), rtol=0, atol=0)

@@ -3,12 +3,15 @@
 Derived in notebook 05. Both networks see the same mini-batches in the same order; at
 every log the whole test set goes through each network once, in eval mode, and that one
 forward pass gives both the test accuracy and the inputs to the last hidden layer's
-sigmoids, whose percentiles are the paper's Figure 1 (b, c).
+sigmoids, whose percentiles are the paper's Figure 1 (b, c). Training runs on one
+thread; the probes run on a second one (``Prober``), so a two-core CPU hides their cost.
 """
 
 import contextlib
+import copy
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -77,6 +80,30 @@ def probe(model, x, y, n_pct, units):
     return correct, pct
 
 
+class Prober:
+    """``on_log`` for ``bnutils.train.train``: ``probe`` a snapshot of the model in a thread.
+
+    Each call copies the model as it is at the logged step and queues ``probe`` on that
+    copy in one background thread, returning ``(step, future)``; ``results(logs)`` waits
+    for them. The numbers are those of probing inline; the training thread only pays for
+    the copy, while the forward pass over the test set runs on another core.
+    """
+
+    def __init__(self, x, y, n_pct, units):
+        self.args = (x, y, n_pct, units)
+        self.pool = ThreadPoolExecutor(max_workers=1)
+
+    def __call__(self, step, model):
+        return step, self.pool.submit(probe, copy.deepcopy(model), *self.args)
+
+    def results(self, logs):
+        """``logs``: what the calls returned. Returns ``(steps, correct, pct)`` stacked."""
+        done = [future.result() for _, future in logs]
+        self.pool.shutdown()
+        steps = np.array([step for step, _ in logs], dtype=np.int64)
+        return steps, torch.stack([c for c, _ in done]), torch.stack([p for _, p in done])
+
+
 @functools.lru_cache(maxsize=2)
 def mnist(device):
     """Full MNIST train and test tensors on ``device`` (loaded once per process)."""
@@ -92,17 +119,16 @@ def _run(steps, seed, batch_size, log_every, lr, init_std, units, pct_examples,
         for name, norm in zip(NETS, (None, nn.BatchNorm1d), strict=True):
             model = make_net(norm, init_std, seed).to(dev)
             optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+            prober = Prober(x_test, y_test, pct_examples, units)
             start = time.perf_counter()
             logs, losses = train.train(
                 model, optimizer, x, y, steps, batch_size=batch_size, seed=seed,
-                log_every=log_every, progress=progress, desc=name,
-                on_log=lambda step, m: (step, *probe(m, x_test, y_test, pct_examples, units)))
+                log_every=log_every, progress=progress, desc=name, on_log=prober)
+            step, correct, pct = prober.results(logs)
             seconds[name] = time.perf_counter() - start
-            step = np.array([s for s, _, _ in logs], dtype=np.int64)
             out["step"] = step
-            correct = torch.stack([c for _, c, _ in logs]).cpu().numpy()
-            out[f"acc_{name}"] = correct / len(y_test)
-            pct = torch.stack([p for _, _, p in logs]).cpu().numpy()
+            out[f"acc_{name}"] = correct.cpu().numpy() / len(y_test)
+            pct = pct.cpu().numpy()
             out[f"pct_{name}"] = pct[:, 0, :]
             out[f"pct_units_{name}"] = pct
             out[f"loss_{name}"] = _interval_means(losses.numpy(), step)
