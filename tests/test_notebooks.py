@@ -58,3 +58,11 @@ def test_setup_cell_installs_bnutils_from_the_repository(path):
     assert f'"git+{_repository_url()}"' in source
     assert "BNUTILS_INSTALL_SOURCE" in source
     assert "hide-output" in setup["metadata"].get("tags", [])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_control_characters(path):
+    """A "\\beta" written in a non-raw string ends up as a backspace and breaks MathJax."""
+    for i, cell in enumerate(_cells(path)):
+        bad = {hex(ord(ch)) for ch in "".join(cell["source"]) if ord(ch) < 32 and ch not in "\n\t"}
+        assert not bad, f"{path.name}, cell {i}: control characters {sorted(bad)}"
