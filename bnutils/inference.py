@@ -5,10 +5,12 @@ A BN layer here is ``torch.nn``'s or ``bnutils.layers``'s. Statistics are return
 ``running_mean``/``running_var`` with ``set_statistics``. Derived in notebook 04.
 """
 
+import copy
 from contextlib import contextmanager
 
 import torch
 
+from .config import generator
 from .layers import BATCHNORM_TYPES
 
 
@@ -77,6 +79,23 @@ def population_statistics(model, x, batch_size):
         m = sizes[name]
         stats[name] = (mean_sum / n, m / (m - 1) * var_sum / n)
     return stats
+
+
+@torch.no_grad()
+def accuracy_with_batch_statistics(model, x, y, batch_size, seed=None):
+    """Accuracy when each batch of ``batch_size`` examples is normalized by its own statistics.
+
+    What a BN network does at test time when ``eval()`` is forgotten. ``x`` is shuffled
+    first with ``seed`` (``None``: in order); a last, smaller batch is dropped. A copy
+    of ``model`` runs, so its running statistics stay as they are. Derived in notebook 04.
+    """
+    net = copy.deepcopy(model).train()
+    order = torch.arange(len(x)) if seed is None else torch.randperm(len(x), generator=generator(seed))
+    order = order.to(x.device)
+    stop = len(x) - len(x) % batch_size
+    correct = sum((net(x[order[i : i + batch_size]]).argmax(1) == y[order[i : i + batch_size]])
+                  .sum().item() for i in range(0, stop, batch_size))
+    return correct / stop
 
 
 @torch.no_grad()

@@ -277,3 +277,23 @@ def test_moving_averages_match_torch():
             torch.testing.assert_close(mean, bn.running_mean)
             torch.testing.assert_close(var, bn.running_var)
     assert len(net[1]._forward_pre_hooks) == 0  # hooks removed on exit
+
+
+def test_accuracy_with_batch_statistics_uses_each_batch_and_leaves_the_model():
+    from bnutils.inference import accuracy_with_batch_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = (model.train()(x[:32]).argmax(1) == y[:32]).sum().item()
+        expected += (model(x[32:]).argmax(1) == y[32:]).sum().item()
+    model.load_state_dict(before)
+    model.eval()
+    assert accuracy_with_batch_statistics(model, x, y, 32) == expected / 64
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    shuffled = accuracy_with_batch_statistics(model, x, y, 32, seed=1)
+    assert shuffled == accuracy_with_batch_statistics(model, x, y, 32, seed=1)
