@@ -8,6 +8,7 @@ in a notebook) are unchanged. Changing a shared helper that alters results means
 bumping ``bnutils.__version__``.
 """
 
+import functools
 import hashlib
 import inspect
 import json
@@ -26,18 +27,46 @@ def results_root():
 
 
 def code_version(fn):
-    """The ``bnutils`` version and a digest of the code that defines ``fn``."""
+    """The ``bnutils`` version and a digest of the code that ``fn`` runs.
+
+    That code is ``fn`` itself (unwrapped from ``functools.partial``), the functions of
+    its own module or notebook that it calls by name, recursively, and, for a function
+    of a module, that module's whole source.
+    """
     from . import __version__
 
+    digest = hashlib.sha256("".join(_sources(fn, set())).encode()).hexdigest()[:12]
+    return f"{__version__}+{digest}"
+
+
+def _sources(fn, seen):
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if fn in seen:
+        return []
+    seen.add(fn)
     try:
-        source = inspect.getsource(fn)
+        parts = [inspect.getsource(fn)]
     except (OSError, TypeError):  # no source to be found: key on the version alone
-        source = ""
+        return []
     module = inspect.getmodule(fn)
     path = getattr(module, "__file__", None)
-    if path and module.__name__ != "__main__":  # helpers beside fn in its module count too
-        source += Path(path).read_text()
-    return f"{__version__}+{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+    if path and module.__name__ != "__main__":
+        parts.append(Path(path).read_text())
+    for name in _names(fn.__code__):
+        called = fn.__globals__.get(name)
+        if inspect.isfunction(called) and called.__module__ == fn.__module__:
+            parts += _sources(called, seen)
+    return parts
+
+
+def _names(code):
+    """Global names used by ``code`` and by the lambdas and comprehensions inside it."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _names(const)
+    return sorted(names)
 
 
 def cache_key(name, config, fn):

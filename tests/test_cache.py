@@ -73,3 +73,26 @@ def test_root_from_environment(tmp_path, monkeypatch):
     assert cache.results_root() == tmp_path / "r"
     cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment([]))
     assert len(list((tmp_path / "r").glob("exp-*.npz"))) == 1
+
+
+def _other_helper(steps):
+    return {"x": np.zeros(steps)}
+
+
+def _helper(steps):
+    return {"x": np.full(steps, 1.0)}
+
+
+def _calls_helper(steps):
+    return _helper(steps)
+
+
+def test_code_version_follows_partials_and_called_functions(monkeypatch):
+    import functools
+    import sys
+
+    assert cache.code_version(functools.partial(_helper)) == cache.code_version(_helper)
+    assert cache.code_version(_helper) != cache.code_version(_other_helper)
+    before = cache.code_version(_calls_helper)
+    monkeypatch.setattr(sys.modules[__name__], "_helper", _other_helper)
+    assert cache.code_version(_calls_helper) != before  # the called function's code counts
