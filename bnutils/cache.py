@@ -53,7 +53,7 @@ def _sources(fn, seen):
     path = getattr(module, "__file__", None)
     if path and module.__name__ != "__main__":
         parts.append(Path(path).read_text())
-    for name in _names(fn.__code__):
+    for name in sorted(_names(fn.__code__)):
         called = fn.__globals__.get(name)
         if inspect.isfunction(called) and called.__module__ == fn.__module__:
             parts += _sources(called, seen)
@@ -66,7 +66,7 @@ def _names(code):
     for const in code.co_consts:
         if inspect.iscode(const):
             names |= _names(const)
-    return sorted(names)
+    return names
 
 
 def cache_key(name, config, fn):

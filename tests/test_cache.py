@@ -84,7 +84,7 @@ def _helper(steps):
 
 
 def _calls_helper(steps):
-    return _helper(steps)
+    return {k: v for k, v in _helper(steps).items()}  # called from a comprehension
 
 
 def test_code_version_follows_partials_and_called_functions(monkeypatch):
