@@ -53,90 +53,13 @@ def show_images(images, labels=None, ncols=8, size=1.0):
     return fig
 
 
-# --- Chapter 4 -----------------------------------------------------------------------
+def markdown_table(header, rows):
+    """A Markdown table (rendered in Jupyter and in the book) from already formatted cells."""
+    from IPython.display import Markdown
 
-
-def batch_dependence(probs, eval_prob, batch_sizes, batch_acc, eval_acc):
-    """Two panels: (a) histogram of one example's predicted probability of its true class
-    over many batches, with the eval-mode value; (b) test accuracy with test-batch
-    statistics against the test batch size, with the eval-mode accuracy as a line."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax1.hist(probs, bins=30, range=(0, 1), color=COLORS["baseline"], alpha=0.8,
-             label="batch statistics")
-    ax1.axvline(eval_prob, color=COLORS["bn"], lw=2, label="population statistics (eval)")
-    ax1.set(xlabel="predicted probability of the true class", ylabel="batches",
-            title="(a) one test example, many batch-mates")
-    ax1.legend(loc="upper left", fontsize=8)
-    ax2.plot(batch_sizes, 100 * np.asarray(batch_acc), "o-", color=COLORS["baseline"],
-             label="batch statistics")
-    ax2.axhline(100 * eval_acc, color=COLORS["bn"], lw=2, label="population statistics (eval)")
-    ax2.set_xscale("log", base=2)
-    ax2.set(xlabel="test batch size", ylabel="test accuracy (%)",
-            title="(b) accuracy against test batch size")
-    ax2.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def statistics_over_training(steps, curves, errors):
-    """Two panels against training steps, one line per estimate of the population
-    statistics: (a) test error with it, (b) its relative distance to Algorithm 2's Var[x]."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    colors = ["#CC79A7", "#0072B2", "#009E73", "#E69F00", "#D55E00", "#56B4E9"]  # Okabe-Ito
-    for (label, acc), color in zip(curves.items(), colors, strict=False):
-        style = ({"color": "black", "lw": 2, "ls": "--"} if label == "Algorithm 2"
-                 else {"color": color, "label": f"momentum {label}"})
-        style.setdefault("label", label)
-        ax1.plot(steps, 100 * (1 - np.asarray(acc)), **style)
-        if label in errors:
-            ax2.plot(steps, errors[label], **style)
-    ax1.set(xlabel="training step", ylabel="test error (%)", yscale="log",
-            title="(a) test error with each estimate")
-    ax2.set(xlabel="training step", ylabel="relative difference of Var[x]", yscale="log",
-            title="(b) distance to Algorithm 2")
-    ax1.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax1.yaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
-    ax1.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
-    ax1.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-# --- Chapters 7 and 8: curves of several runs side by side --------------------------
-
-
-def panels(x, series, titles, xlabel="step", ylabels=None, logy=(), logx=False, width=3.4):
-    """One panel per entry of ``series``; each entry maps a label to ``(y, color)``.
-
-    ``x``: the x values shared by all panels, or a list with one per panel. A label in
-    parentheses, ``"(BN)"``, is drawn dashed. ``logy``: indices of the panels with a log
-    y axis; ``logx``: a base-2 x axis with markers. Returns the figure.
-    """
-    fig, axes = plt.subplots(1, len(series), figsize=(width * len(series), 3.2), squeeze=False)
-    for k, (ax, panel) in enumerate(zip(axes[0], series, strict=True)):
-        for label, (y, color) in panel.items():
-            xs = x[k] if isinstance(x, list) else x
-            style = "--" if label.startswith("(") else "-"
-            ax.plot(xs, y, style, color=color, label=label.strip("()"), marker="o" if logx else None,
-                    ms=3)
-        ax.set_title(titles[k], fontsize=10)
-        ax.set_xlabel(xlabel)
-        if ylabels:
-            ax.set_ylabel(ylabels[k])
-        if k in logy:
-            ax.set_yscale("log")
-        if logx:
-            ax.set_xscale("log", base=2)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def smooth(values, window):
-    """Moving average of a 1-d array over ``window`` points (valid part only)."""
-    values = np.asarray(values, dtype=float)
-    window = max(1, min(window, len(values)))
-    return np.convolve(values, np.ones(window) / window, mode="valid")
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return Markdown("\n".join(lines))
 
 
 # --- Chapter 1: whitening and internal covariate shift --------------------------------
@@ -242,52 +165,6 @@ def before_after_histograms(before, after, units, bins=40):
     return fig
 
 
-# --- Chapter 6: the scaled-down section 4.2 experiment ----------------------------------
-
-# configuration -> (colour, line style) for the accuracy curves of notebook 06
-FIGURE3_STYLES = {
-    "baseline": (COLORS["baseline"], "-"),
-    "baseline_x5": (COLORS["baseline"], "--"),
-    "baseline_sigmoid": (COLORS["baseline"], ":"),
-    "bn": (COLORS["bn"], "-"),
-    "bn_x5": (COLORS["bn"], "--"),
-    "bn_x30": (COLORS["bn"], "-."),
-    "bn_x5_sigmoid": (COLORS["other"], "--"),
-}
-
-
-def figure3_curves(results, reference="baseline", zoom=0.1):
-    """Test accuracy against training steps, ReLU networks left, sigmoid networks right.
-
-    ``results``: what ``bnutils.experiments.figure3`` returns. A cross marks where a
-    diverged run was stopped; the dotted grey line is the best accuracy of ``reference``.
-    An inset on the left enlarges the top ``zoom`` of the accuracy axis (below the best
-    of all runs), where the trained ReLU networks differ.
-    """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
-    target = results[reference]["acc"].max()
-    top = max(r["acc"].max() for r in results.values())
-    inset = axes[0].inset_axes([0.4, 0.3, 0.57, 0.4])
-    for name, r in results.items():
-        sigmoid = "sigmoid" in name
-        color, style = FIGURE3_STYLES.get(name, (COLORS["grey"], "-"))
-        targets = [axes[1]] if sigmoid else [axes[0], inset]
-        for ax in targets:
-            ax.plot(r["step"], r["acc"], color=color, ls=style, label=f"{name} (lr {r['lr']:g})")
-            if r["diverged"]:
-                ax.plot(r["step"][-1], r["acc"][-1], "x", color=color, ms=9, mew=2)
-    for ax in (*axes, inset):
-        ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label=f"best {reference}")
-    inset.set(ylim=(top - zoom, top + 0.01), xlim=(0, None))
-    inset.tick_params(labelsize=7)
-    for ax, title in zip(axes, ("ReLU networks", "sigmoid networks"), strict=True):
-        ax.set(title=title, xlabel="training step", ylim=(0, 1))
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
-    axes[0].set_ylabel("test accuracy")
-    fig.tight_layout()
-    return fig
-
-
 # --- Chapter 3: the computational graph of the BN forward pass --------------------------
 
 # node -> (x, y, label); the paper's graph for one feature: x feeds mu_B, sigma_B^2 and x_hat
@@ -380,7 +257,56 @@ def compare_loss_curves(curves, names, colors=("bn", "other")):
     return fig
 
 
-# --- chapter 5: the paper's Figure 1 -------------------------------------------------
+# --- Chapter 4 -----------------------------------------------------------------------
+
+
+def batch_dependence(probs, eval_prob, batch_sizes, batch_acc, eval_acc):
+    """Two panels: (a) histogram of one example's predicted probability of its true class
+    over many batches, with the eval-mode value; (b) test accuracy with test-batch
+    statistics against the test batch size, with the eval-mode accuracy as a line."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.hist(probs, bins=30, range=(0, 1), color=COLORS["baseline"], alpha=0.8,
+             label="batch statistics")
+    ax1.axvline(eval_prob, color=COLORS["bn"], lw=2, label="population statistics (eval)")
+    ax1.set(xlabel="predicted probability of the true class", ylabel="batches",
+            title="(a) one test example, many batch-mates")
+    ax1.legend(loc="upper left", fontsize=8)
+    ax2.plot(batch_sizes, 100 * np.asarray(batch_acc), "o-", color=COLORS["baseline"],
+             label="batch statistics")
+    ax2.axhline(100 * eval_acc, color=COLORS["bn"], lw=2, label="population statistics (eval)")
+    ax2.set_xscale("log", base=2)
+    ax2.set(xlabel="test batch size", ylabel="test accuracy (%)",
+            title="(b) accuracy against test batch size")
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def statistics_over_training(steps, curves, errors):
+    """Two panels against training steps, one line per estimate of the population
+    statistics: (a) test error with it, (b) its relative distance to Algorithm 2's Var[x]."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    colors = ["#CC79A7", "#0072B2", "#009E73", "#E69F00", "#D55E00", "#56B4E9"]  # Okabe-Ito
+    for (label, acc), color in zip(curves.items(), colors, strict=False):
+        style = ({"color": "black", "lw": 2, "ls": "--"} if label == "Algorithm 2"
+                 else {"color": color, "label": f"momentum {label}"})
+        style.setdefault("label", label)
+        ax1.plot(steps, 100 * (1 - np.asarray(acc)), **style)
+        if label in errors:
+            ax2.plot(steps, errors[label], **style)
+    ax1.set(xlabel="training step", ylabel="test error (%)", yscale="log",
+            title="(a) test error with each estimate")
+    ax2.set(xlabel="training step", ylabel="relative difference of Var[x]", yscale="log",
+            title="(b) distance to Algorithm 2")
+    ax1.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax1.yaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
+    ax1.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --- Chapter 5: the paper's Figure 1 -------------------------------------------------
 
 
 def figure1_panels(result, seeds=None):
@@ -435,3 +361,86 @@ def _common_ylim(arrays, margin=0.05):
     hi = max(float(np.max(a)) for a in arrays)
     pad = margin * (hi - lo)
     return lo - pad, hi + pad
+
+
+# --- Chapter 6: the scaled-down section 4.2 experiment ----------------------------------
+
+# configuration -> (colour, line style) for the accuracy curves of notebook 06
+FIGURE3_STYLES = {
+    "baseline": (COLORS["baseline"], "-"),
+    "baseline_x5": (COLORS["baseline"], "--"),
+    "baseline_sigmoid": (COLORS["baseline"], ":"),
+    "bn": (COLORS["bn"], "-"),
+    "bn_x5": (COLORS["bn"], "--"),
+    "bn_x30": (COLORS["bn"], "-."),
+    "bn_x5_sigmoid": (COLORS["other"], "--"),
+}
+
+
+def figure3_curves(results, reference="baseline", zoom=0.1):
+    """Test accuracy against training steps, ReLU networks left, sigmoid networks right.
+
+    ``results``: what ``bnutils.experiments.figure3`` returns. A cross marks where a
+    diverged run was stopped; the dotted grey line is the best accuracy of ``reference``.
+    An inset on the left enlarges the top ``zoom`` of the accuracy axis (below the best
+    of all runs), where the trained ReLU networks differ.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    target = results[reference]["acc"].max()
+    top = max(r["acc"].max() for r in results.values())
+    inset = axes[0].inset_axes([0.4, 0.3, 0.57, 0.4])
+    for name, r in results.items():
+        sigmoid = "sigmoid" in name
+        color, style = FIGURE3_STYLES.get(name, (COLORS["grey"], "-"))
+        targets = [axes[1]] if sigmoid else [axes[0], inset]
+        for ax in targets:
+            ax.plot(r["step"], r["acc"], color=color, ls=style, label=f"{name} (lr {r['lr']:g})")
+            if r["diverged"]:
+                ax.plot(r["step"][-1], r["acc"][-1], "x", color=color, ms=9, mew=2)
+    for ax in (*axes, inset):
+        ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label=f"best {reference}")
+    inset.set(ylim=(top - zoom, top + 0.01), xlim=(0, None))
+    inset.tick_params(labelsize=7)
+    for ax, title in zip(axes, ("ReLU networks", "sigmoid networks"), strict=True):
+        ax.set(title=title, xlabel="training step", ylim=(0, 1))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
+    axes[0].set_ylabel("test accuracy")
+    fig.tight_layout()
+    return fig
+
+
+# --- Chapters 7 and 8: curves of several runs side by side --------------------------
+
+
+def panels(x, series, titles, xlabel="step", ylabels=None, logy=(), logx=False, width=3.4):
+    """One panel per entry of ``series``; each entry maps a label to ``(y, color)``.
+
+    ``x``: the x values shared by all panels, or a list with one per panel. A label in
+    parentheses, ``"(BN)"``, is drawn dashed. ``logy``: indices of the panels with a log
+    y axis; ``logx``: a base-2 x axis with markers. Returns the figure.
+    """
+    fig, axes = plt.subplots(1, len(series), figsize=(width * len(series), 3.2), squeeze=False)
+    for k, (ax, panel) in enumerate(zip(axes[0], series, strict=True)):
+        for label, (y, color) in panel.items():
+            xs = x[k] if isinstance(x, list) else x
+            style = "--" if label.startswith("(") else "-"
+            ax.plot(xs, y, style, color=color, label=label.strip("()"), marker="o" if logx else None,
+                    ms=3)
+        ax.set_title(titles[k], fontsize=10)
+        ax.set_xlabel(xlabel)
+        if ylabels:
+            ax.set_ylabel(ylabels[k])
+        if k in logy:
+            ax.set_yscale("log")
+        if logx:
+            ax.set_xscale("log", base=2)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def smooth(values, window):
+    """Moving average of a 1-d array over ``window`` points (valid part only)."""
+    values = np.asarray(values, dtype=float)
+    window = max(1, min(window, len(values)))
+    return np.convolve(values, np.ones(window) / window, mode="valid")
