@@ -23,6 +23,7 @@ book: $(STAMP)
 # build of the book, then every built page in headless Chromium.
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check notebooks
 	BNBOOK_QUICK=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile \
 		tests notebooks --nbval-lax --nbval-current-env --ignore=tests/browser
 	rm -rf _build/quick

@@ -1,4 +1,4 @@
-"""Synchronized batch norm across processes with ``torch.distributed``. Derived in notebook 08.
+"""Synchronized batch norm across processes with ``torch.distributed``. Derived in notebook 09.
 
 Data-parallel training splits a mini-batch over processes (devices); plain BN would
 normalize each shard with its own, noisier statistics. ``SyncBatchNorm`` all-reduces the

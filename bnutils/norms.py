@@ -1,6 +1,6 @@
 """Normalization layers that do not need a large batch, written from scratch.
 
-Derived in notebook 08 and checked against ``torch.nn`` in ``tests/test_norms.py``:
+Derived in notebook 09 and checked against ``torch.nn`` in ``tests/test_norms.py``:
 Layer Norm (Ba et al., 2016), Group Norm (Wu & He, 2018) with Instance Norm as the
 case ``num_groups == num_channels``, Batch Renormalization (Ioffe, 2017) and ghost batch
 norm (Hoffer et al., 2017). Inputs are ``(N, C)`` or ``(N, C, H, W)`` (any trailing

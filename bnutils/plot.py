@@ -409,7 +409,7 @@ def figure3_curves(results, reference="baseline", zoom=0.1):
     return fig
 
 
-# --- Chapters 7 and 8: curves of several runs side by side --------------------------
+# --- Chapters 8 and 9: curves of several runs side by side --------------------------
 
 
 def panels(x, series, titles, xlabel="step", ylabels=None, logy=(), logx=False, width=3.4):
