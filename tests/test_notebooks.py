@@ -46,7 +46,24 @@ def test_anatomy(path):
     assert "".join(cells[0]["source"]).startswith("# "), "starts with a title"
     assert "## Overview" in text and "## Summary" in text
     if path.name != "00_setup.ipynb":
-        assert "## Exercises" in text and "{solution}" in text
+        assert "## Exercises" in text and "{solution" in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_solution_code_stays_in_its_dropdown(path):
+    """A solution that runs code is gated (solution-start ... solution-end), so that the
+    code's output is hidden with the solution; a plain {solution} keeps only its text."""
+    cells = _cells(path)
+    for cell, after in zip(cells, cells[1:], strict=False):
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and "```{solution}" in source:
+            assert after["cell_type"] == "markdown", f"{path.name}: code after {source[:60]!r}"
+    opened = 0
+    for cell in cells:
+        source = "".join(cell["source"]) if cell["cell_type"] == "markdown" else ""
+        opened += source.count("{solution-start}") - source.count("{solution-end}")
+        assert opened in (0, 1), f"{path.name}: solution-start and -end do not pair"
+    assert opened == 0, f"{path.name}: a solution-start is never closed"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -1,0 +1,49 @@
+"""Sentences whose truth depends on a run: computed words, or guarded typed claims.
+
+The book's text follows its numbers. A sentence that interprets a result either takes
+its deciding words from the notebook (``verdict``: glued, so the page says what the run
+found) or, when it is typed, the notebook states the fact it rests on (``guard``), which
+fails the full build when a rerun contradicts the text. Quick mode (CI) runs tiny
+experiments whose results are not the book's, so there a false guard only warns.
+"""
+
+import warnings
+
+from .config import is_quick
+
+
+class VerdictError(AssertionError):
+    """A typed sentence of the book is contradicted by the numbers of this run."""
+
+
+def verdict(key, holds, if_true, if_false, glue=True):
+    """Return (and glue under ``key``) ``if_true`` when ``holds``, else ``if_false``.
+
+    ``holds`` is the computed fact (a bool), the two texts are the words the page shows
+    in either case: ``verdict("ch08_ics_word", rel_bn < rel_base, "smaller", "larger")``
+    and, in the markdown, ``{glue:text}`ch08_ics_word```.
+    """
+    if not isinstance(holds, bool):
+        holds = bool(holds)  # NumPy and torch booleans
+    text = if_true if holds else if_false
+    if glue:
+        from myst_nb import glue as _glue
+
+        _glue(key, text, display=False)
+    return text
+
+
+def guard(holds, claim):
+    """Check the fact behind a typed sentence of the text (``claim``, quoted from it).
+
+    In full mode a false ``holds`` raises ``VerdictError`` and the book build fails, so
+    the text is mended instead of silently wrong; in quick mode it only warns, since
+    quick runs are too short to decide the book's claims. Returns ``holds``.
+    """
+    holds = bool(holds)
+    if not holds:
+        message = f"the text says {claim!r}, but this run's numbers disagree"
+        if not is_quick():
+            raise VerdictError(message)
+        warnings.warn(message + " (quick mode: not an error)", stacklevel=2)
+    return holds

@@ -1,0 +1,31 @@
+"""bnutils.verdict: computed words and guarded typed claims."""
+
+import numpy as np
+import pytest
+
+from bnutils import verdict as v
+
+
+def test_verdict_picks_the_words_of_the_fact(monkeypatch):
+    glued = {}
+    monkeypatch.setattr("myst_nb.glue", lambda k, t, display: glued.update({k: t}))
+    assert v.verdict("k1", np.float64(1.0) < 2.0, "smaller", "larger") == "smaller"
+    assert v.verdict("k2", False, "smaller", "larger") == "larger"
+    assert glued == {"k1": "smaller", "k2": "larger"}
+
+
+def test_verdict_without_glue_only_returns():
+    assert v.verdict("k", True, "yes", "no", glue=False) == "yes"
+
+
+def test_guard_fails_the_full_build(monkeypatch):
+    monkeypatch.setenv("BNBOOK_QUICK", "0")
+    assert v.guard(True, "BN ends higher") is True
+    with pytest.raises(v.VerdictError, match="BN ends higher"):
+        v.guard(False, "BN ends higher")
+
+
+def test_guard_only_warns_in_quick_mode(monkeypatch):
+    monkeypatch.setenv("BNBOOK_QUICK", "1")
+    with pytest.warns(UserWarning, match="BN ends higher"):
+        assert v.guard(np.bool_(False), "BN ends higher") is False
