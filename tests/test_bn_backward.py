@@ -176,3 +176,54 @@ def test_function_errors():
     (dx,) = torch.autograd.grad(batch_norm(x, gamma, beta), x, dy, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         dx.sum().backward()
+
+
+def _half_problem(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 4, 32, 32, generator=g) * 3 + 2).to(dtype)
+    gamma = (torch.rand(4, generator=g) + 0.5).to(dtype)
+    beta = torch.randn(4, generator=g).to(dtype)
+    dy = torch.randn(x.shape, generator=g).to(dtype)
+    return x, gamma, beta, dy
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_function_accumulates_half_precision_in_float32(dtype):
+    # 64 * 32 * 32 squares of values near 4 sum to ~1e6: float16 overflows (max 65504)
+    x, gamma, beta, dy = _half_problem(dtype)
+    leaves = [t.double().requires_grad_() for t in (x, gamma, beta)]
+    exact = F.batch_norm(leaves[0], None, None, *leaves[1:], training=True)
+    exact_grads = torch.autograd.grad(exact, leaves, dy.double())
+
+    def errors(fn):
+        inputs = [t.clone().requires_grad_() for t in (x, gamma, beta)]
+        y = fn(*inputs)
+        grads = torch.autograd.grad(y, inputs, dy)
+        assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
+        return [((a.double() - e).abs().max() / e.abs().max()).item()
+                for a, e in zip((y, *grads), (exact, *exact_grads), strict=True)]
+
+    ours = errors(batch_norm)
+    native = errors(lambda x, g, b: F.batch_norm(x, None, None, g, b, training=True))
+    # no worse than PyTorch's own kernel (which accumulates in float32), to rounding
+    for a, b in zip(ours, native, strict=True):
+        assert a <= 1.5 * b + 1e-6, (ours, native)
+
+
+def test_default_eps_is_torchs():
+    # low variance (1e-6), so that eps = 1e-5 matters
+    x = 1 + 1e-3 * torch.randn(32, 5, dtype=torch.float64)
+    gamma, beta = torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    native = F.batch_norm(x, None, None, gamma, beta, training=True)
+    torch.testing.assert_close(BatchNormFunction.apply(x, gamma, beta), native)
+    torch.testing.assert_close(batch_norm(x, gamma, beta), native)
+    torch.testing.assert_close(BatchNormAutograd(5).double()(x),
+                               nn.BatchNorm1d(5).double()(x))
+
+
+def test_function_with_float64_parameters_keeps_the_dtype_of_x():
+    x = torch.randn(16, 3) * 2 + 1
+    gamma, beta = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
+    y = batch_norm(x, gamma, beta)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, batch_norm(x, gamma.float(), beta.float()))

@@ -170,3 +170,31 @@ def test_ghost_batch_norm_with_one_virtual_batch_is_batch_norm():
     ghost, ref = GhostBatchNorm(5, virtual_batch_size=8), nn.BatchNorm1d(5)
     for a, b in zip(_forward_backward(ghost, x, w), _forward_backward(ref, x, w), strict=True):
         torch.testing.assert_close(a, b, **TOL)
+
+
+def test_ghost_batch_norm_refuses_a_last_virtual_batch_of_one():
+    ghost = GhostBatchNorm(3, virtual_batch_size=4)
+    with pytest.raises(ValueError, match=r"Expected more than 1 value per channel when training"
+                                         r".*last virtual batch of \(9, 3\)"):
+        ghost(torch.randn(9, 3))
+    assert ghost.num_batches_tracked.item() == 0 and ghost.running_mean.eq(0).all()
+    ghost(torch.randn(9, 3, 2, 2))  # the last batch holds 4 values per channel: fine
+    ghost(torch.randn(10, 3))  # a last batch of two: fine
+
+
+def test_batch_renorm_refuses_a_batch_of_one():
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        BatchRenorm(3)(torch.randn(1, 3))
+    BatchRenorm(3)(torch.randn(1, 3, 2, 1))  # two values per channel: fine
+
+
+@pytest.mark.parametrize("layer", [BatchRenorm(3), GhostBatchNorm(3, virtual_batch_size=4)])
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 2, 2)])
+def test_an_empty_batch_changes_nothing(layer, shape):
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = torch.randn(shape, requires_grad=True)
+    y = layer(x)
+    assert y.shape == shape
+    y.sum().backward()
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), k
