@@ -12,7 +12,7 @@ STAMP   := $(VENV)/.installed
 # experiment results (metrics, small weight arrays; never pickle) are cached here
 export BNUTILS_RESULTS ?= $(CURDIR)/_cache/results
 
-.PHONY: book test bench install clean
+.PHONY: book test bench mutate install clean
 
 book: $(STAMP)
 	rm -rf _build/html
@@ -34,6 +34,14 @@ test: $(STAMP)
 # (with the machine it ran on) is what the book's benchmarks appendix shows.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --out benchmarks/results/report.md
+
+# Mutation testing (tools/mutate.py): do the tests of bn, layers, cache, inference and norms
+# notice small changes to their code? Minutes of CPU, so not part of `make test`; it needs
+# mutmut (requirements-mutate.txt) and writes benchmarks/results/mutation.md, which the
+# benchmarks appendix shows. One module: make mutate MUTATE_ARGS="--module bn".
+mutate: $(STAMP)
+	$(PY) -m pip install -q -r requirements-mutate.txt
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
 
 install: $(STAMP)
 

@@ -10,12 +10,12 @@ from torch.autograd.function import once_differentiable
 # --- Chapter 3: a custom autograd Function with the compact backward pass -------------
 
 
-def _stat_dims(x):
-    """The dims a statistic is taken over, and the shape that broadcasts a per-feature vector."""
+def _feature_shape(x):
+    """The shape that broadcasts a per-feature vector over ``x: (N, D)`` or ``(N, C, H, W)``."""
     if x.dim() == 2:
-        return (0,), (1, -1)
+        return (1, -1)
     if x.dim() == 4:
-        return (0, 2, 3), (1, -1, 1, 1)
+        return (1, -1, 1, 1)
     raise ValueError(
         f"expected x of shape (N, D) or (N, C, H, W), got {x.dim()}-d input of shape "
         f"{tuple(x.shape)}"
@@ -56,7 +56,7 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps=1e-5):
-        _, shape = _stat_dims(x)
+        shape = _feature_shape(x)
         dtype = x.dtype
         x = x.to(_accumulation_dtype(x))  # a no-op for float32 and float64
         gamma, beta = gamma.to(x.dtype), beta.to(x.dtype)
@@ -76,7 +76,7 @@ class BatchNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x_hat, gamma, inv_std = ctx.saved_tensors  # in the forward pass's precision
-        _, shape = _stat_dims(dy)
+        shape = _feature_shape(dy)
         m = dy.numel() // dy.shape[1]
         dtype = dy.dtype
         dy = dy.to(x_hat.dtype)
@@ -97,7 +97,7 @@ def batch_norm(x, gamma, beta, eps=1e-5):
     ``x: (N, D)`` or ``(N, C, H, W)``; ``gamma, beta: (D,)`` or ``(C,)``. Checks the
     shapes and the batch size, which the bare Function does not. Derived in notebook 03.
     """
-    _stat_dims(x)
+    _feature_shape(x)  # raises for input that is not 2-d or 4-d
     for name, p in (("gamma", gamma), ("beta", beta)):
         if p.shape != (x.shape[1],):
             raise ValueError(f"{name} must have shape ({x.shape[1]},), one value per feature "

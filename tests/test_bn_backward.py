@@ -4,6 +4,8 @@ Checked against centred finite differences, against torch.autograd on F.batch_no
 against each other; plus the structure of the gradient (sum zero, orthogonal to x_hat).
 """
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -165,11 +167,17 @@ def test_module_matches_batchnorm1d_in_training():
 
 def test_function_errors():
     gamma, beta = torch.ones(3), torch.zeros(3)
-    with pytest.raises(ValueError, match=r"\(N, D\) or \(N, C, H, W\)"):
+    def raises(message):
+        return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
+
+    with raises("expected x of shape (N, D) or (N, C, H, W), got 3-d input of shape (4, 3, 5)"):
         batch_norm(torch.randn(4, 3, 5), gamma, beta)
-    with pytest.raises(ValueError, match="gamma must have shape"):
+    with raises("gamma must have shape (3,), one value per feature of x (4, 3); got (2,)"):
         batch_norm(torch.randn(4, 3), torch.ones(2), beta)
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
+    with raises("beta must have shape (3,), one value per feature of x (4, 3); got (3, 1)"):
+        batch_norm(torch.randn(4, 3), gamma, torch.zeros(3, 1))
+    with raises("Expected more than 1 value per channel when training, got input of shape "
+                "(1, 3)"):
         batch_norm(torch.randn(1, 3), gamma, beta)
     # the hand-written backward is not itself differentiable: say so instead of a wrong answer
     x, dy = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
@@ -219,6 +227,15 @@ def test_default_eps_is_torchs():
     torch.testing.assert_close(batch_norm(x, gamma, beta), native)
     torch.testing.assert_close(BatchNormAutograd(5).double()(x),
                                nn.BatchNorm1d(5).double()(x))
+
+
+@pytest.mark.parametrize("shape", [(16, 3), (4, 3, 2, 2)])
+def test_eps_is_passed_on(shape):
+    x = 1 + 1e-2 * torch.randn(shape, dtype=torch.float64)
+    gamma, beta = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    native = F.batch_norm(x, None, None, gamma, beta, training=True, eps=0.1)
+    torch.testing.assert_close(batch_norm(x, gamma, beta, eps=0.1), native)
+    torch.testing.assert_close(BatchNormAutograd(3, eps=0.1).double()(x), native)
 
 
 def test_function_with_float64_parameters_keeps_the_dtype_of_x():

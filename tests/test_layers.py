@@ -4,6 +4,7 @@ Algorithm 2 (bnutils.inference) is tested in test_inference.py.
 """
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -15,6 +16,11 @@ OPTIONS = list(itertools.product([0.1, None], [True, False], [True, False]))
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-11, "atol": 1e-11}}
 SHAPES = {"1d": [(16, 5), (8, 5, 7)], "2d": [(6, 5, 4, 3)]}
 CLASSES = {"1d": (layers.BatchNorm1d, nn.BatchNorm1d), "2d": (layers.BatchNorm2d, nn.BatchNorm2d)}
+
+
+def raises(exc, message):
+    """``pytest.raises`` for exactly ``message``: a changed word in an error is noticed."""
+    return pytest.raises(exc, match=f"^{re.escape(message)}$")
 
 
 def _pair(kind, dtype, **options):
@@ -80,15 +86,17 @@ def test_reset_running_stats():
     assert bn.num_batches_tracked.item() == 0
 
 
-@pytest.mark.parametrize(("cls", "shape", "match"), [
-    (layers.BatchNorm1d, (4, 3, 2, 2), "expected 2D or 3D input"),
-    (layers.BatchNorm1d, (4,), "expected 2D or 3D input"),
-    (layers.BatchNorm2d, (4, 3), "expected 4D input"),
-    (layers.BatchNorm1d, (4, 7), "expected 3 features"),
-    (layers.BatchNorm2d, (4, 2, 5, 5), "expected 3 features"),
+@pytest.mark.parametrize(("cls", "shape", "message"), [
+    (layers.BatchNorm1d, (4, 3, 2, 2), "expected 2D or 3D input (got 4D input)"),
+    (layers.BatchNorm1d, (4,), "expected 2D or 3D input (got 1D input)"),
+    (layers.BatchNorm2d, (4, 3), "expected 4D input (got 2D input)"),
+    (layers.BatchNorm1d, (4, 7), "expected 3 features in dimension 1 of the input, got input "
+                                 "of shape (4, 7)"),
+    (layers.BatchNorm2d, (4, 2, 5, 5), "expected 3 features in dimension 1 of the input, got "
+                                       "input of shape (4, 2, 5, 5)"),
 ])
-def test_bad_input_raises(cls, shape, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input_raises(cls, shape, message):
+    with raises(ValueError, message):
         cls(3)(torch.randn(shape))
 
 
@@ -97,7 +105,7 @@ def test_bad_input_raises(cls, shape, match):
 ])
 def test_batch_of_one(cls, shape):
     message = "Expected more than 1 value per channel when training"
-    with pytest.raises(ValueError, match=message):
+    with raises(ValueError, f"{message}, got input size {shape}"):
         cls(3)(torch.randn(shape))
     with pytest.raises(ValueError, match=message):  # torch.nn says the same
         getattr(nn, cls.__name__)(3)(torch.randn(shape))
@@ -113,9 +121,9 @@ def test_batch_of_one(cls, shape):
 
 
 def test_bad_momentum():
-    with pytest.raises(ValueError, match="momentum"):
+    with raises(ValueError, "momentum must be in [0, 1] or None, got 1.5"):
         layers.BatchNorm1d(3, momentum=1.5)
-    with pytest.raises(ValueError, match="momentum"):
+    with raises(ValueError, "momentum must be in [0, 1] or None, got -0.1"):
         layers.BatchNorm1d(3, momentum=-0.1)
 
 
@@ -336,15 +344,17 @@ def test_on_cuda():
 
 def test_fold_errors():
     linear = nn.Linear(4, 3)
-    with pytest.raises(ValueError, match="training mode"):
+    with raises(ValueError, "bn is in training mode, where it normalizes with batch statistics "
+                            "that no fixed layer can reproduce; call bn.eval() first"):
         layers.fold_batchnorm(linear, nn.BatchNorm1d(3))
-    with pytest.raises(ValueError, match="no running statistics"):
+    with raises(ValueError, "bn has no running statistics (track_running_stats=False): it "
+                            "always normalizes with batch statistics, so it cannot be folded"):
         layers.fold_batchnorm(linear, layers.BatchNorm1d(3, track_running_stats=False).eval())
-    with pytest.raises(ValueError, match="3 features but layer has 5"):
+    with raises(ValueError, "bn normalizes 3 features but layer has 5 outputs"):
         layers.fold_batchnorm(nn.Linear(4, 5), nn.BatchNorm1d(3).eval())
-    with pytest.raises(TypeError, match="nn.Linear or nn.Conv2d"):
+    with raises(TypeError, "layer must be nn.Linear or nn.Conv2d, got Conv1d"):
         layers.fold_batchnorm(nn.Conv1d(4, 3, 1), nn.BatchNorm1d(3).eval())
-    with pytest.raises(TypeError, match="BatchNorm"):
+    with raises(TypeError, "bn must be a BatchNorm layer, got LayerNorm"):
         layers.fold_batchnorm(linear, nn.LayerNorm(3))
 
 
