@@ -236,3 +236,18 @@ def test_accuracy_with_batch_statistics_shuffles_with_the_seed(seed):
     order = torch.randperm(70, generator=generator(seed))
     torch.testing.assert_close(torch.cat(seen), x[order[:64]], rtol=0, atol=0)
     assert accuracy == _expected_accuracy(model, x, y, [order[:32], order[32:64]])
+
+
+def test_moving_averages_during_training_with_gradients():
+    # record_inputs hands over detached inputs: the statistics hold no autograd graph
+    net = _net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with MovingAverages(net, [0.1, None]) as tracker:
+        for _ in range(3):
+            opt.zero_grad()
+            net(torch.randn(8, 6)).square().sum().backward()
+            opt.step()
+    for mom in (0.1, None):
+        for mean, var in tracker.statistics(mom).values():
+            assert not mean.requires_grad and not var.requires_grad
+    assert tracker.count == {"1": 3, "4": 3}

@@ -188,9 +188,10 @@ def test_batch_renorm_refuses_a_batch_of_one():
     BatchRenorm(3)(torch.randn(1, 3, 2, 1))  # two values per channel: fine
 
 
-@pytest.mark.parametrize("layer", [BatchRenorm(3), GhostBatchNorm(3, virtual_batch_size=4)])
+@pytest.mark.parametrize("make", [BatchRenorm, lambda c: GhostBatchNorm(c, virtual_batch_size=4)])
 @pytest.mark.parametrize("shape", [(0, 3), (0, 3, 2, 2)])
-def test_an_empty_batch_changes_nothing(layer, shape):
+def test_an_empty_batch_changes_nothing(make, shape):
+    layer = make(3)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     x = torch.randn(shape, requires_grad=True)
     y = layer(x)
@@ -198,3 +199,51 @@ def test_an_empty_batch_changes_nothing(layer, shape):
     y.sum().backward()
     for k, v in layer.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_defaults_are_torchs_on_low_variance_input():
+    # sigma^2 = 1e-6 per group, so that eps = 1e-5 shows
+    x, w = _data(4, 6, 3, 3)
+    x = 1 + 1e-3 * x
+    _assert_matches_torch(LayerNorm((6, 3, 3)), nn.LayerNorm((6, 3, 3)), x, w)
+    _assert_matches_torch(GroupNorm(2, 6), nn.GroupNorm(2, 6), x, w)
+    _assert_matches_torch(InstanceNorm(6), nn.InstanceNorm2d(6), x, w)
+    _assert_matches_torch(LayerNorm(9), nn.LayerNorm(9), x.reshape(-1, 9), w.reshape(-1, 9))
+    # during its warm-up Batch Renorm is BN; 4 examples are one virtual batch of 4
+    for layer in (BatchRenorm(6, warmup=10), GhostBatchNorm(6, virtual_batch_size=4)):
+        ref = nn.BatchNorm2d(6)
+        for _ in range(3):  # the running statistics move by torch's default momentum
+            for a, b in zip(_forward_backward(layer, x, w), _forward_backward(ref, x, w),
+                            strict=True):
+                torch.testing.assert_close(a, b, **TOL)
+            x = x + 1e-3
+        torch.testing.assert_close(layer.running_var, ref.running_var, **TOL)
+        torch.testing.assert_close(layer.running_mean, ref.running_mean, **TOL)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_group_norm_affine_option_matches_torch(affine):
+    ours, ref = GroupNorm(3, 6, affine=affine), nn.GroupNorm(3, 6, affine=affine)
+    assert hasattr(ours, "gamma") == affine
+    _assert_matches_torch(ours, ref, *_data(4, 6, 2, 2))
+
+
+def test_batch_renorm_default_limits():
+    layer = BatchRenorm(3)
+    assert layer.limits() == (3.0, 5.0)  # no warm-up and no ramp: the limits at once
+    layer = BatchRenorm(3, r_max=2.0, d_max=1.0, ramp=4)
+    assert layer.limits() == (1.0, 0.0)  # the ramp starts at plain BN
+
+
+@pytest.mark.parametrize("make", [BatchRenorm, lambda c: GhostBatchNorm(c, virtual_batch_size=4)])
+def test_eval_mode_uses_the_running_statistics(make):
+    layer = make(5)  # here, not at collection: in float64
+    x, w = _data(12, 5, 2, 2)
+    _randomize(layer.gamma, layer.beta)
+    layer(x + 2)
+    mean, var = layer.running_mean.clone(), layer.running_var.clone()
+    y, _ = _forward_backward(layer.eval(), x, w)
+    s = (1, -1, 1, 1)
+    expected = (x - mean.view(s)) / torch.sqrt(var.view(s) + layer.eps) * layer.gamma.view(s)
+    torch.testing.assert_close(y, expected + layer.beta.view(s), **TOL)
+    assert torch.equal(layer.running_mean, mean) and layer.num_batches_tracked.item() == 1

@@ -38,9 +38,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parents[1]
 WORK = ROOT / "_build" / "mutation"
-EQUIVALENT = Path(__file__).with_name("mutation-equivalent.toml")
+EQUIVALENT = SCRIPT.with_name("mutation-equivalent.toml")
 
 # each module and the test files that are meant to catch its mutants
 MODULES = {
@@ -98,6 +99,13 @@ def worker(jobs):
     cli.main(["run", "--max-children", str(jobs)], prog_name="mutmut", standalone_mode=False)
 
 
+def show(names):
+    """The diff of each mutant (as ``mutmut show`` prints it), as JSON, in one process."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    print(json.dumps({name: get_diff_for_mutant(name) for name in names}))
+
+
 # --- preparing a module's folder and reading its results --------------------------------
 
 
@@ -123,11 +131,9 @@ def prepare(module):
     return folder
 
 
-def _mutmut(folder, *args):
-    """A read-only mutmut command (results, show) in ``folder``; its output."""
-    exe = Path(sys.executable).with_name("mutmut")
-    return subprocess.run([str(exe), *args], cwd=folder, capture_output=True, text=True,
-                          check=True).stdout
+def _run_in(folder, *args):
+    """``args`` run in ``folder``; their output."""
+    return subprocess.run(args, cwd=folder, capture_output=True, text=True, check=True).stdout
 
 
 def _changed_lines(diff):
@@ -149,17 +155,20 @@ def _function(name):
 def results(module, folder, equivalents):
     """Counts and survivors of one module, with survivors sorted into real and equivalent."""
     statuses = {}
-    for line in _mutmut(folder, "results", "--all", "true").splitlines():
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    for line in _run_in(folder, mutmut, "results", "--all", "true").splitlines():
         name, _, status = line.strip().rpartition(": ")
         if name:
             statuses[name] = status
+    alive = [name for name, status in statuses.items() if status not in KILLED]
+    diffs = json.loads(_run_in(folder, sys.executable, str(SCRIPT), "--show", *alive)) if alive else {}
     known = {(e["function"], " ".join(e["original"].split()), " ".join(e["mutant"].split())): e
              for e in equivalents.get(module, [])}
     survivors, equivalent = [], []
     for name, status in sorted(statuses.items(), key=lambda kv: _natural(kv[0])):
         if status in KILLED:
             continue
-        original, mutant = _changed_lines(_mutmut(folder, "show", name))
+        original, mutant = _changed_lines(diffs[name])
         entry = {"name": name, "status": status, "function": _function(name),
                  "original": original, "mutant": mutant}
         match = known.get((entry["function"], original, mutant))
@@ -241,9 +250,12 @@ def main():
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.md",
                         help="the Markdown report (written only when every module ran)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--show", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.jobs)
+    if args.show:
+        return show(args.show)
 
     import mutmut
 
@@ -256,7 +268,7 @@ def main():
         t0 = time.monotonic()
         env["BNUTILS_RESULTS"] = str(folder / "results")
         with open(folder / "mutmut.log", "w") as log:
-            run = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker",
+            run = subprocess.run([sys.executable, str(SCRIPT), "--worker",
                                   "--jobs", str(args.jobs)], cwd=folder, env=env,
                                  stdout=log, stderr=subprocess.STDOUT)
         if run.returncode:
