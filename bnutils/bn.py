@@ -43,7 +43,8 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
     a float64 computation. Integer input is computed in float64 (``y`` and the cache are
     float64; in the input's dtype, gamma = 0.5 would become 0). Raises ``ValueError`` for
     an input that is not 2-d or 4-d, for a single value per feature, for ``gamma``/``beta``
-    of the wrong shape, and for NaN or infinite values; ``TypeError`` for complex or non-numeric input.
+    of the wrong shape, and for NaN or infinite values; ``TypeError`` for complex or
+    non-numeric input.
     """
     x = np.asarray(x)
     if x.dtype.kind in "biu":  # bool or integer: normalized values are fractions

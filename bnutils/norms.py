@@ -183,7 +183,9 @@ class GhostBatchNorm(_RunningStats):
     In training, the batch is cut into consecutive chunks of ``virtual_batch_size``
     examples (the last may be smaller) and each chunk is normalized with its own
     ``mu_B, sigma_B^2``, as if it were a separate mini-batch. The running statistics
-    move once per step, towards the average over the chunks. ``x: (N, C, ...)``.
+    move once per step, towards the average over the chunks. ``x: (N, C, ...)``. Like
+    PyTorch's layers it refuses a chunk of a single value per channel (a last chunk of
+    one example, for ``(N, C)`` input): its output would be beta, whatever its input.
     """
 
     def __init__(self, num_features, virtual_batch_size, eps=1e-5, momentum=0.1):

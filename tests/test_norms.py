@@ -1,5 +1,7 @@
 """The normalization layers of bnutils.norms against torch.nn and against batch norm."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -70,19 +72,37 @@ def test_group_norm_with_one_group_is_layer_norm_over_chw():
 
 def test_instance_norm_matches_torch():
     _assert_matches_torch(InstanceNorm(3), nn.InstanceNorm2d(3), *_data(4, 3, 5, 5))
+    _assert_matches_torch(InstanceNorm(3, eps=0.1, affine=True),
+                          nn.InstanceNorm2d(3, eps=0.1, affine=True), *_data(4, 3, 5, 5))
+
+
+def raises(message):
+    """``pytest.raises(ValueError)`` for exactly ``message``."""
+    return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
 
 
 def test_bad_inputs_raise():
-    with pytest.raises(ValueError, match="divisible"):
+    with raises("num_channels (6) must be divisible by num_groups (4)"):
         GroupNorm(4, 6)
-    with pytest.raises(ValueError, match=r"expects input \(N, 6"):
+    with raises("GroupNorm expects input (N, 6, ...), got shape (3, 5)"):
         GroupNorm(2, 6)(torch.zeros(3, 5))
-    with pytest.raises(ValueError, match="LayerNorm expects"):
+    with raises("InstanceNorm expects input (N, 6, ...), got shape (3,)"):
+        InstanceNorm(6)(torch.zeros(3))
+    with raises("BatchRenorm expects input (N, 3, ...), got shape (3, 5)"):
+        BatchRenorm(3)(torch.zeros(3, 5))
+    with raises("GhostBatchNorm expects input (N, 3, ...), got shape (3, 5)"):
+        GhostBatchNorm(3, 4).eval()(torch.zeros(3, 5))
+    with raises("LayerNorm expects input (..., (4,)), got shape (3, 5)"):
         LayerNorm(4)(torch.zeros(3, 5))
-    with pytest.raises(ValueError, match="r_max >= 1"):
+    with raises("need r_max >= 1 and d_max >= 0, got 0.5, 5.0"):
         BatchRenorm(3, r_max=0.5)
-    with pytest.raises(ValueError, match="at least 2"):
+    with raises("need r_max >= 1 and d_max >= 0, got 3.0, -1"):
+        BatchRenorm(3, d_max=-1)
+    with raises("virtual_batch_size must be at least 2, got 1"):
         GhostBatchNorm(3, virtual_batch_size=1)
+    # the limits themselves are fine
+    BatchRenorm(3, r_max=1.0, d_max=0.0)
+    GhostBatchNorm(3, virtual_batch_size=2)
 
 
 @pytest.mark.parametrize("shape", [(16, 5), (8, 5, 3, 3)])
@@ -209,6 +229,8 @@ def test_defaults_are_torchs_on_low_variance_input():
     _assert_matches_torch(GroupNorm(2, 6), nn.GroupNorm(2, 6), x, w)
     _assert_matches_torch(InstanceNorm(6), nn.InstanceNorm2d(6), x, w)
     _assert_matches_torch(LayerNorm(9), nn.LayerNorm(9), x.reshape(-1, 9), w.reshape(-1, 9))
+    for ours, ref in ((GroupNorm(2, 6), nn.GroupNorm(2, 6)), (InstanceNorm(6), nn.InstanceNorm2d(6))):
+        assert len(list(ours.parameters())) == len(list(ref.parameters()))  # affine or not
     # during its warm-up Batch Renorm is BN; 4 examples are one virtual batch of 4
     for layer in (BatchRenorm(6, warmup=10), GhostBatchNorm(6, virtual_batch_size=4)):
         ref = nn.BatchNorm2d(6)
@@ -228,11 +250,30 @@ def test_group_norm_affine_option_matches_torch(affine):
     _assert_matches_torch(ours, ref, *_data(4, 6, 2, 2))
 
 
+def test_batch_renorm_clips_r_and_d_at_both_ends():
+    x, w = _data(16, 4)
+    layer = BatchRenorm(4, r_max=2.0, d_max=0.5)
+    mean, std = x.mean(0), torch.sqrt(x.var(0, unbiased=False) + layer.eps)
+    with torch.no_grad():  # running statistics far off, in both directions, per feature
+        layer.running_mean.copy_(mean + torch.tensor([10.0, -10.0, 10.0, -10.0]) * std)
+        layer.running_var.copy_(torch.tensor([100.0, 100.0, 0.01, 0.01]) * std**2 - layer.eps)
+    y, _ = _forward_backward(layer, x, w)
+    r = torch.tensor([0.5, 0.5, 2.0, 2.0])  # 1 / r_max where sigma_B is small, r_max where large
+    d = torch.tensor([-0.5, 0.5, -0.5, 0.5])
+    torch.testing.assert_close(y, (x - mean) / std * r + d, **TOL)
+
+
 def test_batch_renorm_default_limits():
     layer = BatchRenorm(3)
     assert layer.limits() == (3.0, 5.0)  # no warm-up and no ramp: the limits at once
     layer = BatchRenorm(3, r_max=2.0, d_max=1.0, ramp=4)
     assert layer.limits() == (1.0, 0.0)  # the ramp starts at plain BN
+    layer = BatchRenorm(2, r_max=3.0, d_max=5.0, warmup=1, ramp=1)
+    seen = []
+    for _ in range(3):
+        seen.append(layer.limits())
+        layer(torch.randn(4, 2))
+    assert seen == [(1.0, 0.0), (1.0, 0.0), (3.0, 5.0)]  # a ramp of one step
 
 
 @pytest.mark.parametrize("make", [BatchRenorm, lambda c: GhostBatchNorm(c, virtual_batch_size=4)])
