@@ -59,7 +59,6 @@ class BatchNormFunction(torch.autograd.Function):
         shape = _feature_shape(x)
         dtype = x.dtype
         x = x.to(_accumulation_dtype(x))  # a no-op for float32 and float64
-        gamma, beta = gamma.to(x.dtype), beta.to(x.dtype)
         # Two passes (the mean, then the mean of squared deviations) as in bnutils.bn; on
         # the CPU this is also faster than torch.var_mean over these dims. y's memory
         # holds the squared deviations first, so the forward pass allocates two tensors.
@@ -75,10 +74,10 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x_hat, gamma, inv_std = ctx.saved_tensors  # in the forward pass's precision
+        x_hat, gamma, inv_std = ctx.saved_tensors  # x_hat, inv_std: float32 for half x
         shape = _feature_shape(dy)
         m = dy.numel() // dy.shape[1]
-        dtype = dy.dtype
+        # half-precision dy: sum in float32 too; autograd casts the gradients back
         dy = dy.to(x_hat.dtype)
         dbeta = _feature_sum(dy)
         dx = torch.mul(dy, x_hat)
@@ -88,7 +87,7 @@ class BatchNormFunction(torch.autograd.Function):
         # dx = gamma * inv_std * (dy - dbeta / m - x_hat * dgamma / m), in dx's memory
         torch.addcmul(dbeta.view(shape) / m, x_hat, dgamma.view(shape) / m, out=dx)
         dx.sub_(dy).mul_(-gamma.view(shape) * inv_std)
-        return dx.to(dtype), dgamma, dbeta, None
+        return dx, dgamma, dbeta, None
 
 
 def batch_norm(x, gamma, beta, eps=1e-5):

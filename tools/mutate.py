@@ -7,9 +7,10 @@ code, one at a time (an operator swapped, a constant changed, an argument droppe
 runs the module's own test files (``MODULES`` below) against each. A change that no test
 notices "survives". Some survivors cannot change behaviour (a reshape by ``-2`` instead
 of ``-1`` is the same reshape in NumPy); those are listed with the reason in
-``tools/mutation-equivalent.toml`` and left out of the score:
+``tools/mutation-equivalent.toml`` and left out of the score, as are the few that only a
+GPU can kill (a ``device=`` argument, on a machine without CUDA):
 
-    score = killed / (mutants - equivalent survivors)
+    score = killed / (mutants - equivalent - GPU-only survivors)
 
 Each module runs in its own folder under ``_build/mutation/`` holding a copy of
 ``bnutils`` and only that module's test files, so a mutant is only credited to the tests
@@ -164,7 +165,7 @@ def results(module, folder, equivalents):
     diffs = json.loads(_run_in(folder, sys.executable, str(SCRIPT), "--show", *alive)) if alive else {}
     known = {(e["function"], " ".join(e["original"].split()), " ".join(e["mutant"].split())): e
              for e in equivalents.get(module, [])}
-    survivors, equivalent = [], []
+    survivors, equivalent, gpu_only = [], [], []
     for name, status in sorted(statuses.items(), key=lambda kv: _natural(kv[0])):
         if status in KILLED:
             continue
@@ -172,15 +173,17 @@ def results(module, folder, equivalents):
         entry = {"name": name, "status": status, "function": _function(name),
                  "original": original, "mutant": mutant}
         match = known.get((entry["function"], original, mutant))
-        if match:
-            equivalent.append({**entry, "reason": match["reason"]})
-        else:
+        if match is None:
             survivors.append(entry)
+        elif match.get("cuda"):  # a fair survivor, but one that no CPU can kill
+            gpu_only.append({**entry, "reason": match["reason"]})
+        else:
+            equivalent.append({**entry, "reason": match["reason"]})
     total = len(statuses)
     killed = sum(s in KILLED for s in statuses.values())
-    scored = total - len(equivalent)
+    scored = total - len(equivalent) - len(gpu_only)
     return {"module": module, "tests": MODULES[module], "mutants": total, "killed": killed,
-            "equivalent": equivalent, "survivors": survivors,
+            "equivalent": equivalent, "gpu_only": gpu_only, "survivors": survivors,
             "score": killed / scored if scored else 1.0}
 
 
@@ -206,15 +209,16 @@ def _code(text):
 
 def report(rows, info):
     lines = ["Written by `tools/mutate.py` (`make mutate`). Each module's mutants run against "
-             "its own test files; score = killed / (mutants − equivalent survivors).", "",
+             "its own test files; score = killed / (mutants − equivalent − GPU-only).", "",
              "| run | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info.items()]
-    lines += ["", "| module | tests | mutants | killed | equivalent | survived | score |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| module | tests | mutants | killed | equivalent | GPU-only | survived | score |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tests = ", ".join(t.removesuffix(".py") for t in r["tests"])
         lines.append(f"| `bnutils/{r['module']}.py` | {tests} | {r['mutants']} | {r['killed']} | "
-                     f"{len(r['equivalent'])} | {len(r['survivors'])} | {100 * r['score']:.1f}% |")
+                     f"{len(r['equivalent'])} | {len(r['gpu_only'])} | {len(r['survivors'])} | "
+                     f"{100 * r['score']:.1f}% |")
     lines += ["", "### Surviving mutants", ""]
     survivors = [(r["module"], s) for r in rows for s in r["survivors"]]
     if not survivors:
@@ -230,6 +234,14 @@ def report(rows, info):
               "|---|---|---|---|---|"]
     lines += [f"| {r['module']} | `{e['function']}` | {_code(e['original'])} | "
               f"{_code(e['mutant'])} | {e['reason']} |" for r in rows for e in r["equivalent"]]
+    gpu_only = [(r["module"], e) for r in rows for e in r["gpu_only"]]
+    if gpu_only:
+        lines += ["", "### Mutants that only a GPU can kill", "",
+                  "Behaviour changes that a machine without CUDA cannot show; "
+                  "`tests/test_layers.py::test_on_cuda` kills them where a GPU is present.", "",
+                  "| module | function | code | mutant | what changes |", "|---|---|---|---|---|"]
+        lines += [f"| {m} | `{e['function']}` | {_code(e['original'])} | {_code(e['mutant'])} | "
+                  f"{e['reason']} |" for m, e in gpu_only]
     return "\n".join(lines) + "\n"
 
 
@@ -276,8 +288,9 @@ def main():
         row = results(module, folder, equivalents)
         rows.append(row)
         print(f"{module + '.py':14s} {row['mutants']:4d} mutants, {row['killed']:4d} killed, "
-              f"{len(row['equivalent']):3d} equivalent, {len(row['survivors']):3d} survived: "
-              f"score {100 * row['score']:5.1f}%  ({time.monotonic() - t0:.0f} s)", flush=True)
+              f"{len(row['equivalent']):3d} equivalent, {len(row['gpu_only'])} GPU-only, "
+              f"{len(row['survivors']):3d} survived: score {100 * row['score']:5.1f}%  "
+              f"({time.monotonic() - t0:.0f} s)", flush=True)
         for s in row["survivors"]:
             print(f"    {s['status']:9s} {s['function']}: {s['original']}  ->  {s['mutant']}")
     wall = time.monotonic() - start
