@@ -216,7 +216,7 @@ def report(rows, info):
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tests = ", ".join(t.removesuffix(".py") for t in r["tests"])
-        lines.append(f"| `bnutils/{r['module']}.py` | {tests} | {r['mutants']} | {r['killed']} | "
+        lines.append(f"| `{r['module']}.py` | {tests} | {r['mutants']} | {r['killed']} | "
                      f"{len(r['equivalent'])} | {len(r['gpu_only'])} | {len(r['survivors'])} | "
                      f"{100 * r['score']:.1f}% |")
     lines += ["", "### Surviving mutants", ""]
@@ -297,15 +297,15 @@ def main():
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
     print(f"total: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU, {args.jobs} parallel job(s)")
-    (WORK / "results.json").write_text(json.dumps(rows, indent=1))
-    if set(modules) != set(MODULES):
-        print(f"(report not written: only {', '.join(modules)} ran)")
-        return
     info = {"date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
             "commit": _git("rev-parse", "--short", "HEAD"),
             "mutmut / Python": f"{mutmut.__version__} / {platform.python_version()}",
             "time": f"{wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU, "
                     f"{args.jobs} parallel job(s), {os.cpu_count()} cores"}
+    (WORK / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    if set(modules) != set(MODULES):
+        print(f"(report not written: only {', '.join(modules)} ran)")
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(rows, info))
     print(f"report: {args.out}")
