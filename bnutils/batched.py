@@ -157,9 +157,10 @@ class StackedMLP(nn.Module):
 
     @torch.no_grad()
     def net(self, i):
-        """Net ``i`` as a new ``models.mlp`` ``nn.Sequential`` (a copy, on this device),
+        """Net ``i`` as a new ``models.mlp`` ``nn.Sequential`` (a copy, on this device
+        and in this dtype),
         with its current parameters and buffers and this stack's train/eval mode."""
-        net = self._make_net(i).to(self.weights[0].device)
+        net = self._make_net(i).to(self.weights[0].device, self.weights[0].dtype)
         linears = [m for m in net if isinstance(m, nn.Linear)]
         norms = [m for m in net if isinstance(m, nn.BatchNorm1d)]
         biases = iter(self.biases)
@@ -229,8 +230,9 @@ class StackedSGD:
         self.weight_decay = _per_net(weight_decay, self.k, "weight_decay")
         if (self.momentum < 0).any() or (self.weight_decay < 0).any():
             raise ValueError("momentum and weight_decay must be >= 0")
-        self._momentum = self.momentum.float().to(self.device)
-        self._weight_decay = self.weight_decay.float().to(self.device)
+        self.dtype = self.params[0].dtype
+        self._momentum = self.momentum.to(self.device, self.dtype)
+        self._weight_decay = self.weight_decay.to(self.device, self.dtype)
         self.buffers = ([torch.zeros_like(p) for p in self.params]
                         if (self.momentum > 0).any() else None)
         self.active = torch.ones(self.k, dtype=torch.bool, device=self.device)
@@ -242,8 +244,8 @@ class StackedSGD:
         self.lr = _per_net(lr, self.k, "lr")
         if (self.lr < 0).any() or not torch.isfinite(self.lr).all():
             raise ValueError(f"learning rates must be finite and >= 0, got {self.lr.tolist()}")
-        # rounded to float32 like the lr that torch.optim.SGD passes to its kernels
-        self._lr = self.lr.float().to(self.device)
+        # in the parameters' precision, like the lr that torch.optim.SGD passes its kernels
+        self._lr = self.lr.to(self.device, self.dtype)
 
     def freeze(self, nets):
         """Stop updating ``nets`` (a boolean mask ``(k,)`` or indices) from now on."""
@@ -391,13 +393,13 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
         if bad.any():
             diverged_step[bad.cpu()] = step
             optimizer.freeze(bad)
-        if saved is not None:  # frozen nets keep the statistics they had
-            for b, old in zip(state, saved, strict=True):
-                b.copy_(torch.where(frozen.view((k,) + (1,) * (b.dim() - 1)), old, b))
 
         optimizer.zero_grad()
         torch.where(optimizer.active, loss, 0.0).sum().backward()
         optimizer.step()
+        if saved is not None:  # frozen nets keep their statistics (after backward: it uses them)
+            for b, old in zip(state, saved, strict=True):
+                b.copy_(torch.where(frozen.view((k,) + (1,) * (b.dim() - 1)), old, b))
 
         if step == steps or (log_every and step % log_every == 0):
             logged.append(step)
