@@ -395,6 +395,8 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
             optimizer.freeze(bad)
 
         optimizer.zero_grad()
+        # each net's gradient depends on its own loss only; masking the frozen ones keeps
+        # the sum finite (nan + x = nan) for anything that reads it
         torch.where(optimizer.active, loss, 0.0).sum().backward()
         optimizer.step()
         if saved is not None:  # frozen nets keep their statistics (after backward: it uses them)
