@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from .config import generator as make_generator
 from .config import progress as progress_bar
-from .models import ACTIVATIONS, mlp
+from .models import ACTIVATIONS, mlp, small_cnn
 
 _ACTIVATION_FNS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 
@@ -112,9 +112,6 @@ class StackedMLP(nn.Module):
             torch.manual_seed(self.seeds[i])
             return build()
 
-    def _running(self, j):
-        return getattr(self, f"running_mean_{j}"), getattr(self, f"running_var_{j}")
-
     def forward(self, x, return_hidden=False):
         """Logits ``(k, B, out_features)`` of every net.
 
@@ -123,7 +120,7 @@ class StackedMLP(nn.Module):
         list with the input of each hidden layer's activation, ``(k, B, h_j)`` (after BN
         when ``norm``).
         """
-        shared = _check_input(x, self.k, (self.in_features,), "in_features")
+        shared = _check_input(x, self.k, (self.in_features,))
         if self.training and self.norm:
             self.num_batches_tracked += 1
         hidden, bias = [], iter(self.biases)
@@ -149,7 +146,7 @@ class StackedMLP(nn.Module):
     def _batch_norm(self, h, j):
         """BN of ``h: (k, B, w)`` per net and unit: ``F.batch_norm`` on ``(B, k * w)``."""
         k, n, w = h.shape
-        running_mean, running_var = self._running(j)
+        running_mean, running_var = _running(self, j)
         y = F.batch_norm(h.transpose(0, 1).reshape(n, k * w), running_mean.view(-1),
                          running_var.view(-1), self.gamma[j].reshape(-1),
                          self.beta[j].reshape(-1), self.training, self.momentum, self.eps)
@@ -168,13 +165,7 @@ class StackedMLP(nn.Module):
             layer.weight.copy_(weight[i])
             if layer.bias is not None:
                 layer.bias.copy_(next(biases)[i])
-        for j, bn in enumerate(norms):
-            bn.weight.copy_(self.gamma[j][i])
-            bn.bias.copy_(self.beta[j][i])
-            running_mean, running_var = self._running(j)
-            bn.running_mean.copy_(running_mean[i])
-            bn.running_var.copy_(running_var[i])
-            bn.num_batches_tracked.copy_(self.num_batches_tracked[i])
+        _copy_norms(self, norms, i)
         return net.train(self.training)
 
     def extra_repr(self):
@@ -190,17 +181,169 @@ def _stack(nets, kind, name):
                             for same in layers if getattr(same[0], name) is not None)
 
 
-def _check_input(x, k, feature_shape, what):
+def _check_input(x, k, feature_shape):
     """True if ``x`` is one batch ``(B, *feature_shape)`` for all nets, False if it is
-    ``(k, B, *feature_shape)``; a ``ValueError`` naming both shapes otherwise."""
-    d = len(feature_shape)
-    if x.dim() == d + 1 and tuple(x.shape[1:]) == tuple(feature_shape):
+    ``(k, B, *feature_shape)``; a ``ValueError`` naming both shapes otherwise.
+    A name (a string) in ``feature_shape`` matches any size."""
+    def fits(shape):
+        return len(shape) == len(feature_shape) and all(
+            isinstance(f, str) or s == f for s, f in zip(shape, feature_shape, strict=True))
+
+    if fits(x.shape[1:]):
         return True
-    if x.dim() == d + 2 and x.shape[0] == k and tuple(x.shape[2:]) == tuple(feature_shape):
+    if x.dim() > 0 and x.shape[0] == k and fits(x.shape[2:]):
         return False
-    raise ValueError(f"x must be (B, {', '.join(map(str, feature_shape))}) or "
-                     f"(k={k}, B, {', '.join(map(str, feature_shape))}) ({what}), "
-                     f"got {tuple(x.shape)}")
+    dims = ", ".join(map(str, feature_shape))
+    raise ValueError(f"x must be (B, {dims}) or (k={k}, B, {dims}), got {tuple(x.shape)}")
+
+
+class StackedCNN(nn.Module):
+    """``k`` copies of ``bnutils.models.small_cnn``, run as grouped convolutions.
+
+    Net ``i`` is ``small_cnn(norm, activation, dropout, widths, in_channels,
+    num_classes)`` built after ``torch.manual_seed(seeds[i])`` (PyTorch's default init,
+    as ``figure3`` builds it after ``set_seed``; the global generator is restored after).
+    Its channels are the ``i``-th block of every layer's ``k * width`` channels: a
+    convolution with ``groups=k`` keeps the blocks apart, ``F.batch_norm`` over
+    ``k * width`` channels computes each channel's statistics over its own net's batch,
+    and the last layer is a batched product. ``norm``: ``None`` or ``"bn"``.
+
+    Dropout draws each net's mask from a generator that continues the global
+    generator's state after that net's init, so on the CPU net ``i`` sees the masks
+    ``small_cnn`` would draw after ``torch.manual_seed(seeds[i])``.
+
+    Parameters: ``conv_weights[j]: (k, out_j, in_j, 3, 3)``, ``conv_biases[j]: (k, out_j)``
+    (without norm), ``gamma[j]``, ``beta[j]: (k, out_j)`` and buffers
+    ``running_mean_j``, ``running_var_j: (k, out_j)``, ``num_batches_tracked: (k,)``
+    (with norm), ``weights[0]: (k, num_classes, widths[-1])``, ``biases[0]:
+    (k, num_classes)``.
+    """
+
+    def __init__(self, k, norm=None, activation="relu", dropout=0.0, widths=(8, 16, 32),
+                 in_channels=1, num_classes=10, seeds=None, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.k = _check_k(k)
+        if norm not in (None, "bn"):
+            raise ValueError(f"norm must be None or 'bn', got {norm!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.norm, self.activation, self.dropout = norm, activation, float(dropout)
+        self.widths, self.in_channels, self.num_classes = tuple(widths), in_channels, num_classes
+        self.eps, self.momentum = eps, momentum
+        self.seeds = _seeds(seeds, self.k)
+
+        nets, self._dropout_generators = [], []
+        for i in range(self.k):
+            with torch.random.fork_rng(devices=[]):
+                nets.append(self._make_net(i))
+                g = torch.Generator()
+                g.set_state(torch.get_rng_state())
+            self._dropout_generators.append(g)
+        self.conv_weights = _stack(nets, nn.Conv2d, "weight")
+        self.conv_biases = _stack(nets, nn.Conv2d, "bias")
+        self.gamma = _stack(nets, nn.BatchNorm2d, "weight")
+        self.beta = _stack(nets, nn.BatchNorm2d, "bias")
+        self.weights = _stack(nets, nn.Linear, "weight")
+        self.biases = _stack(nets, nn.Linear, "bias")
+        for j, w in enumerate(self.widths if norm else ()):
+            self.register_buffer(f"running_mean_{j}", torch.zeros(self.k, w))
+            self.register_buffer(f"running_var_{j}", torch.ones(self.k, w))
+        if norm:
+            self.register_buffer("num_batches_tracked", torch.zeros(self.k, dtype=torch.long))
+
+    def _make_net(self, i):
+        """Net ``i`` as ``small_cnn`` builds it after ``torch.manual_seed(seeds[i])``;
+        call it inside ``fork_rng``: it reseeds the global generator."""
+        norm = (partial(nn.BatchNorm2d, eps=self.eps, momentum=self.momentum)
+                if self.norm else None)
+        torch.manual_seed(self.seeds[i])
+        return small_cnn(norm, self.activation, self.dropout, self.widths, self.in_channels,
+                         self.num_classes)
+
+    def forward(self, x, return_hidden=False):
+        """Logits ``(k, B, num_classes)`` of every net.
+
+        ``x``: ``(B, in_channels, H, W)``, the same images for all nets, or
+        ``(k, B, in_channels, H, W)``, one batch per net. With ``return_hidden=True``
+        also returns a list with the input of each convolutional layer's activation,
+        ``(k, B, width_j, H_j, W_j)`` (after BN when ``norm``).
+        """
+        shared = _check_input(x, self.k, (self.in_channels, "H", "W"))
+        if not shared:  # net i's channels become block i of k * in_channels channels
+            x = x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+        if self.training and self.norm:
+            self.num_batches_tracked += 1
+        act = _ACTIVATION_FNS[self.activation]
+        hidden, biases, h = [], iter(self.conv_biases), x
+        for j, weight in enumerate(self.conv_weights):
+            # the first layer of nets that share their input is one ordinary convolution
+            groups = 1 if (shared and j == 0) else self.k
+            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]),
+                         None if self.norm else next(biases).reshape(-1),
+                         padding=1, groups=groups)
+            if j == 0:  # channels last (later layers follow): pooling and BN over k * width
+                h = h.contiguous(memory_format=torch.channels_last)  # channels vectorise
+            if self.norm:
+                running_mean, running_var = _running(self, j)
+                h = F.batch_norm(h, running_mean.view(-1), running_var.view(-1),
+                                 self.gamma[j].reshape(-1), self.beta[j].reshape(-1),
+                                 self.training, self.momentum, self.eps)
+            hidden.append(h.view(h.shape[0], self.k, -1, *h.shape[2:]).transpose(0, 1))
+            h = F.max_pool2d(act(h), 2)
+        h = F.adaptive_avg_pool2d(h, 1).view(h.shape[0], self.k, -1).transpose(0, 1)
+        if self.training and self.dropout > 0:
+            h = h * self._dropout_noise(h)
+        logits = torch.baddbmm(self.biases[0].unsqueeze(1), h, self.weights[0].transpose(1, 2))
+        return (logits, hidden) if return_hidden else logits
+
+    def _dropout_noise(self, h):
+        """Dropout's scaled mask for ``h: (k, B, C)``: net ``i``'s drawn as ``F.dropout``
+        draws it on the CPU (``bernoulli_(1 - p)`` on a ``(B, C)`` tensor), from its own
+        generator."""
+        keep = 1.0 - self.dropout
+        noise = torch.stack([torch.empty(h.shape[1:], dtype=h.dtype).bernoulli_(keep, generator=g)
+                             for g in self._dropout_generators])
+        return noise.div_(keep).to(h.device)
+
+    @torch.no_grad()
+    def net(self, i):
+        """Net ``i`` as a new ``small_cnn`` ``nn.Sequential`` (a copy, on this device
+        and in this dtype), with its parameters, buffers and this stack's mode."""
+        with torch.random.fork_rng(devices=[]):
+            net = self._make_net(i)
+        net.to(self.weights[0].device, self.weights[0].dtype)
+        convs = [m for m in net if isinstance(m, nn.Conv2d)]
+        biases = iter(self.conv_biases)
+        for conv, weight in zip(convs, self.conv_weights, strict=True):
+            conv.weight.copy_(weight[i])
+            if conv.bias is not None:
+                conv.bias.copy_(next(biases)[i])
+        _copy_norms(self, [m for m in net if isinstance(m, nn.BatchNorm2d)], i)
+        net[-1].weight.copy_(self.weights[0][i])
+        net[-1].bias.copy_(self.biases[0][i])
+        return net.train(self.training)
+
+    def extra_repr(self):
+        return (f"k={self.k}, widths={self.widths}, norm={self.norm!r}, "
+                f"activation={self.activation!r}, dropout={self.dropout}")
+
+
+def _running(model, j):
+    return getattr(model, f"running_mean_{j}"), getattr(model, f"running_var_{j}")
+
+
+def _copy_norms(model, norms, i):
+    """Copy net ``i``'s BN parameters and statistics from the stack into ``norms``."""
+    for j, bn in enumerate(norms):
+        bn.weight.copy_(model.gamma[j][i])
+        bn.bias.copy_(model.beta[j][i])
+        running_mean, running_var = _running(model, j)
+        bn.running_mean.copy_(running_mean[i])
+        bn.running_var.copy_(running_var[i])
+        bn.num_batches_tracked.copy_(model.num_batches_tracked[i])
 
 
 class StackedSGD:
@@ -233,6 +376,7 @@ class StackedSGD:
         self.dtype = self.params[0].dtype
         self._momentum = self.momentum.to(self.device, self.dtype)
         self._weight_decay = self.weight_decay.to(self.device, self.dtype)
+        self._decay = bool((self.weight_decay > 0).any())  # else skip that term
         self.buffers = ([torch.zeros_like(p) for p in self.params]
                         if (self.momentum > 0).any() else None)
         self.active = torch.ones(self.k, dtype=torch.bool, device=self.device)
@@ -265,7 +409,7 @@ class StackedSGD:
                 continue
             shape = (self.k,) + (1,) * (p.dim() - 1)  # broadcast a (k,) vector over p
             d = p.grad
-            if (self.weight_decay > 0).any():
+            if self._decay:
                 d = d.addcmul(self._weight_decay.view(shape), p)
             if self.buffers is not None:
                 buf = self.buffers[j]
@@ -446,4 +590,4 @@ def accuracy(model, x, y, batch_size=10_000):
     return correct.cpu().numpy() / len(x)
 
 
-__all__ = ["StackedMLP", "StackedSGD", "accuracy", "per_net_loss", "train_stacked"]
+__all__ = ["StackedCNN", "StackedMLP", "StackedSGD", "accuracy", "per_net_loss", "train_stacked"]
