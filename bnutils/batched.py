@@ -123,34 +123,37 @@ class StackedMLP(nn.Module):
         shared = _check_input(x, self.k, (self.in_features,))
         if self.training and self.norm:
             self.num_batches_tracked += 1
-        hidden, bias = [], iter(self.biases)
+        # Inside, activations are transposed, h: (k, width, B), so that a layer is
+        # W @ h and BN's statistics are over the last axis of a contiguous tensor.
+        n = x.shape[-2]
+        hidden, bias, h = [], iter(self.biases), x.transpose(-1, -2)
         act = _ACTIVATION_FNS[self.activation]
         for j, weight in enumerate(self.weights):
             last = j == len(self.weights) - 1
             b = None if (self.norm and not last) else next(bias)
-            if shared:  # one matrix product for all nets: (B, in) @ (in, k * out)
-                h = x @ weight.reshape(-1, weight.shape[2]).T
-                h = h if b is None else h + b.reshape(-1)
-                h = h.view(len(x), self.k, -1).transpose(0, 1)
-            else:  # (k, B, in) @ (k, in, out)
-                h = torch.bmm(x, weight.transpose(1, 2))
-                h = h if b is None else h + b.unsqueeze(1)
+            if shared:  # one matrix product for all nets: (k * out, in) @ (in, B)
+                w = weight.reshape(-1, weight.shape[2])
+                h = w @ h if b is None else torch.addmm(b.reshape(-1, 1), w, h)
+                h = h.view(self.k, -1, n)
+            else:  # (k, out, in) @ (k, in, B)
+                h = torch.bmm(weight, h) if b is None else torch.baddbmm(b.unsqueeze(2), weight, h)
             if last:
                 break
             if self.norm:
                 h = self._batch_norm(h, j)
-            hidden.append(h)
-            x, shared = act(h), False
-        return (h, hidden) if return_hidden else h
+            hidden.append(h.transpose(1, 2))
+            h, shared = act(h), False
+        logits = h.transpose(1, 2)
+        return (logits, hidden) if return_hidden else logits
 
     def _batch_norm(self, h, j):
-        """BN of ``h: (k, B, w)`` per net and unit: ``F.batch_norm`` on ``(B, k * w)``."""
-        k, n, w = h.shape
+        """BN of ``h: (k, w, B)`` per net and unit over the batch axis: ``F.batch_norm``
+        of ``(1, k * w, B)``, whose statistics are per channel over the last axis."""
         running_mean, running_var = _running(self, j)
-        y = F.batch_norm(h.transpose(0, 1).reshape(n, k * w), running_mean.view(-1),
+        y = F.batch_norm(h.reshape(1, -1, h.shape[2]), running_mean.view(-1),
                          running_var.view(-1), self.gamma[j].reshape(-1),
                          self.beta[j].reshape(-1), self.training, self.momentum, self.eps)
-        return y.view(n, k, w).transpose(0, 1)
+        return y.view(h.shape)
 
     @torch.no_grad()
     def net(self, i):
@@ -467,9 +470,9 @@ def _data_seeds(data_seeds, model):
 def per_net_loss(logits, y):
     """Mean cross-entropy of each net: ``logits (k, B, C)``, ``y (B,)`` or ``(k, B)`` ->
     ``(k,)``."""
-    k, n, c = logits.shape
-    y = y.expand(k, n).reshape(-1)
-    return F.cross_entropy(logits.reshape(k * n, c), y, reduction="none").view(k, n).mean(1)
+    k, n, _ = logits.shape
+    # cross_entropy's (N, C, d) form: class scores along dim 1, no copy of the logits
+    return F.cross_entropy(logits.transpose(1, 2), y.expand(k, n), reduction="none").mean(1)
 
 
 def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, momentum=0.0,
