@@ -63,7 +63,7 @@ class StackedMLP(nn.Module):
     ``init_std``: a float or ``k`` floats. Net ``i`` starts from exactly the weights of
     ``mlp(..., init_std=init_std[i], generator=bnutils.generator(seeds[i]))``;
     ``init_std=None`` keeps PyTorch's default init, drawn after
-    ``torch.manual_seed(seeds[i])`` (the global generator's state is restored after).
+    ``torch.manual_seed(seeds[i])``. The global generator is left as it was.
     ``eps``, ``momentum``: as in ``nn.BatchNorm1d`` (running statistics
     ``(1 - momentum) * running + momentum * batch``, the batch variance unbiased).
 
@@ -105,10 +105,12 @@ class StackedMLP(nn.Module):
         norm = partial(nn.BatchNorm1d, eps=self.eps, momentum=self.momentum) if self.norm else None
         build = partial(mlp, self.in_features, self.hidden, self.out_features,
                         self.activation, norm)
-        if self.init_std is not None:
-            return build(init_std=float(self.init_std[i]),
-                         generator=make_generator(self.seeds[i]))
+        # nn.Linear draws a default init from the global generator even when init_std
+        # then overwrites it: fork it, so that building k nets leaves it as it was
         with torch.random.fork_rng(devices=[]):
+            if self.init_std is not None:
+                return build(init_std=float(self.init_std[i]),
+                             generator=make_generator(self.seeds[i]))
             torch.manual_seed(self.seeds[i])
             return build()
 
@@ -158,8 +160,8 @@ class StackedMLP(nn.Module):
     @torch.no_grad()
     def net(self, i):
         """Net ``i`` as a new ``models.mlp`` ``nn.Sequential`` (a copy, on this device
-        and in this dtype),
-        with its current parameters and buffers and this stack's train/eval mode."""
+        and in this dtype), with its current parameters and buffers and this stack's
+        train/eval mode."""
         net = self._make_net(i).to(self.weights[0].device, self.weights[0].dtype)
         linears = [m for m in net if isinstance(m, nn.Linear)]
         norms = [m for m in net if isinstance(m, nn.BatchNorm1d)]
@@ -415,11 +417,11 @@ class StackedSGD:
             if self._decay:
                 d = d.addcmul(self._weight_decay.view(shape), p)
             if self.buffers is not None:
-                buf = self.buffers[j]
-                new = buf.mul(self._momentum.view(shape)).add_(d)
+                buf, momentum = self.buffers[j], self._momentum.view(shape)
                 if self._any_frozen:
-                    new = torch.where(self.active.view(shape), new, buf)
-                buf.copy_(new)
+                    buf.copy_(torch.where(self.active.view(shape), buf * momentum + d, buf))
+                else:
+                    buf.mul_(momentum).add_(d)
                 d = buf
             if self._any_frozen:  # where, not lr=0: 0 * nan would still be nan
                 p.sub_(torch.where(self.active.view(shape), self._lr.view(shape) * d, 0.0))

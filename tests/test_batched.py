@@ -139,11 +139,12 @@ def test_initial_weights_are_those_of_models_mlp(norm, init_std):
             assert torch.equal(model.net(i).state_dict()[key], value), key
 
 
-def test_default_init_leaves_the_global_generator_alone():
+@pytest.mark.parametrize("init_std", [0.05, None])
+def test_init_leaves_the_global_generator_alone(init_std):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    StackedMLP(2, init_std=None)
+    StackedMLP(2, init_std=init_std).net(1)
     assert torch.equal(torch.rand(3), expected)
 
 
