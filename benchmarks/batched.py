@@ -17,6 +17,7 @@ BN MLPs with one data order per net (a seed sweep); K = 8 ``small_cnn`` with BN
 
     python benchmarks/batched.py                 # ~10 min on 2 cores
     python benchmarks/batched.py --repeats 1     # a shorter measurement
+    python benchmarks/batched.py --only "MLP 24"  # some of the cases
     python benchmarks/batched.py --quick         # a smoke test, no meaningful ratio
 """
 
@@ -118,6 +119,8 @@ def main():
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per MLP run (CNN runs: a fifth); default 200")
     parser.add_argument("--repeats", type=int, default=None, help="default 3")
+    parser.add_argument("--only", default=None, help="run the cases whose label (as "
+                        "'MLP 24 bn per-net') contains this text")
     parser.add_argument("--threads", type=int, default=None,
                         help="the most torch threads to try (default: all cores; "
                         "--quick: 1)")
@@ -125,7 +128,8 @@ def main():
     steps = args.steps or (3 if args.quick else 200)
     repeats = args.repeats or (1 if args.quick else 3)
     threads = args.threads or (1 if args.quick else os.cpu_count())
-    cases = QUICK_CASES if args.quick else CASES
+    cases = [case for case in (QUICK_CASES if args.quick else CASES)
+             if args.only is None or args.only in " ".join(map(str, case))]
 
     dev = device()
     tensors = {"MLP": data.mnist_tensors("train", subset=args.quick, device=dev),

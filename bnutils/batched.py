@@ -1,10 +1,12 @@
 """Many small networks trained as one: stacked weights, one forward and backward pass.
 
 Used by notebooks 05 and 07. A sweep over learning rates, initial scales or seeds trains
-dozens of networks of one architecture. Trained one after another, a step of a small
-network at batch 60 spends much of its time in Python and in tiny matrix products;
-stacked, the ``k`` networks share every Python call and their products become one
-batched product (``torch.bmm``) that can use both cores.
+dozens of networks of one architecture. Trained one after another, a step of a Figure 1
+MLP at batch 60 spends about half its time outside its matrix products (Python, the
+optimizer, small kernels); stacked, the ``k`` networks share every one of those calls,
+and their products become one large product (``torch.bmm``) that more threads can
+split. ``benchmarks/batched.py`` measures the gain: about 2x on one thread for the MLPs
+of Figure 1, less for the CNN, whose time goes to convolutions either way.
 
 Each network stays exactly what it would be alone: network ``i`` of a ``StackedMLP``
 starts from the weights of ``bnutils.models.mlp`` built with seed ``seeds[i]``, its
@@ -496,9 +498,9 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
 
     A net whose mini-batch loss is not finite (or exceeds ``max_loss``) is flagged and
     frozen before that step's update, as ``train.train(..., max_loss=...)`` stops:
-    its parameters and running statistics stay as they were, its loss is masked out of
-    the summed loss (so its ``nan`` cannot reach the others' gradients), and the other
-    nets train on unchanged.
+    its parameters and running statistics stay as they were from then on, and its loss
+    is masked out of the summed loss that is backpropagated, which stays finite. The
+    other nets train on unchanged: each net's gradient depends on its own loss only.
 
     Every ``log_every`` steps and after the last (only after the last if ``None``),
     ``callback(step, model)`` is called with the model in training mode. Returns a dict
@@ -510,6 +512,10 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
     ``"callback"``.
     """
     k = model.k
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y must hold as many examples, got {len(x)} and {len(y)}")
     seeds = _data_seeds(data_seeds, model)
     unique = sorted(set(seeds))
     stream = _IndexStream(len(x), batch_size, unique, x.device)
@@ -570,6 +576,9 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
     }
     if returned and all(isinstance(r, dict) for r in returned):
         for key in returned[0]:
+            if key in out:
+                raise ValueError(f"the callback returned the key {key!r}, which "
+                                 f"train_stacked's own logs use; rename it")
             out[key] = np.stack([_numpy(r[key]) for r in returned])
     elif callback is not None:
         out["callback"] = returned

@@ -291,6 +291,10 @@ def test_bad_input_gives_clear_errors(mnist):
         train_stacked(model, x, y, 5, 0.1, data_seeds=[0, 1], progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         train_stacked(model, x, y, 5, 0.1, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train_stacked(model, x, y, 0, 0.1, progress=False)
+    with pytest.raises(ValueError, match="as many examples"):
+        train_stacked(model, x, y[:-1], 5, 0.1, progress=False)
     with pytest.raises(ValueError, match=r"x must be \(B, 784\) or \(k=3, B, 784\).*\(5, 100\)"):
         model(torch.zeros(5, 100))
     with pytest.raises(ValueError, match=r"got \(2, 5, 784\)"):
