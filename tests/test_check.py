@@ -611,3 +611,25 @@ def test_staged_names_the_first_wrong_node(capsys):
     assert result.output == "dx_hat"
     result = check.batchnorm_backward_staged(lambda *a: {"dx": 0})
     assert "lacks dx_hat" in capsys.readouterr().out
+
+
+def _scaled(name, factor, dtype=np.float64):
+    """The right answer with every output multiplied by ``factor`` and cast to ``dtype``."""
+    right = CHECKERS[name][1]
+
+    def answer(*args):
+        out = right(*args)
+        if isinstance(out, dict):
+            return {k: (v * factor).astype(dtype) for k, v in out.items()}
+        if isinstance(out, (tuple, list)):
+            return tuple((np.asarray(v) * factor).astype(dtype) for v in out)
+        return (out * factor).astype(dtype)
+
+    return answer
+
+
+@pytest.mark.parametrize("name", CHECKERS)
+def test_tolerance_fails_a_near_miss_and_passes_float32_rounding(name):
+    """An answer 1e-4 off (relative) fails; the right answer rounded to float32 passes."""
+    assert not _checker(name)(_scaled(name, 1 + 1e-4)).passed
+    assert _checker(name)(_scaled(name, 1.0, np.float32)).passed
