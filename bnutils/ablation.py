@@ -117,8 +117,9 @@ class StackedPieces(nn.Module):
         def mask(key):
             return torch.tensor([float(p.get(key, True)) for p in self.pieces])[:, None, None]
 
-        for key in ("center", "scale", "learn_gamma", "learn_beta"):
+        for key in ("scale", "learn_gamma", "learn_beta"):
             self.register_buffer(key, mask(key))
+        self.register_buffer("center", mask("center").bool())
         self.register_buffer(
             "after", torch.tensor([bool(p.get("after", False)) for p in self.pieces])[:, None, None])
 
@@ -144,8 +145,10 @@ class StackedPieces(nn.Module):
             else:
                 h = torch.bmm(h, w)
             h = torch.where(self.after, torch.sigmoid(h + self.hidden_bias[j]), h)
-            h = h - self.center * h.mean(1, keepdim=True)
-            std = torch.sqrt(h.var(1, correction=0, keepdim=True) + self.shape["eps"])
+            dev = h - h.mean(1, keepdim=True)
+            h = torch.where(self.center, dev, h)
+            # the biased variance, as a mean of squares (faster than var over dim 1)
+            std = torch.sqrt((dev * dev).mean(1, keepdim=True) + self.shape["eps"])
             h = h / (self.scale * std + (1.0 - self.scale))
             h = self.gammas[j] * h + self.betas[j]
             h = torch.where(self.after, h, torch.sigmoid(h))
