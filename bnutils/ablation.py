@@ -6,7 +6,8 @@ a learned gamma and beta, before the nonlinearity. ``PartialBatchNorm`` switches
 piece on or off, and ``StackedPieces`` trains k MLPs of the paper's MNIST shape at once
 (batched weights, one forward and backward for all), each with its own pieces,
 placement, learning rate and seed, so that a whole grid of variants, rates and seeds
-trains in seconds. Used by the ablation exercises of notebook 02.
+trains in seconds; ``bnutils.batched.train_stacked`` trains it. Used by the ablation
+exercises of notebook 02.
 
 Both always normalize with the statistics of the batch they are given (no running
 statistics): evaluate with one large batch, whose statistics are close to the
@@ -15,10 +16,9 @@ population's.
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from . import batched
 from .config import generator
-from .data import batches
 from .models import mlp
 
 # The variants of the exercises: which pieces each one keeps.
@@ -92,14 +92,14 @@ class StackedPieces(nn.Module):
                  out_features=10, init_std=0.1, eps=1e-5):
         super().__init__()
         self.pieces = [dict(p) for p in pieces]
-        k = len(self.pieces)
+        self.k = k = len(self.pieces)
         self.seeds = _as_list(seeds, k, "seeds")
         self.shape = dict(in_features=in_features, hidden=tuple(hidden),
                           out_features=out_features, init_std=init_std, eps=eps)
         nets = [self._single(i) for i in range(k)]
         linears = [[m for m in net if isinstance(m, nn.Linear)] for net in nets]
         norms = [[m for m in net if isinstance(m, PartialBatchNorm)] for net in nets]
-        # the bias of a hidden layer before its sigmoid: used (learned) only when after
+        # the bias of a hidden layer before its sigmoid: used (and learned) only when after
         self.hidden_bias = nn.ParameterList(
             nn.Parameter(torch.zeros(k, 1, h)) for h in hidden)
         # weights as (k, in, out): a batched matmul multiplies each net's batch by its own
@@ -117,9 +117,9 @@ class StackedPieces(nn.Module):
         def mask(key):
             return torch.tensor([float(p.get(key, True)) for p in self.pieces])[:, None, None]
 
-        for key in ("scale", "learn_gamma", "learn_beta"):
-            self.register_buffer(key, mask(key))
-        self.register_buffer("center", mask("center").bool())
+        self.register_buffer("scale", mask("scale"))
+        for key in ("center", "learn_gamma", "learn_beta"):
+            self.register_buffer(key, mask(key).bool())
         self.register_buffer(
             "after", torch.tensor([bool(p.get("after", False)) for p in self.pieces])[:, None, None])
 
@@ -150,7 +150,10 @@ class StackedPieces(nn.Module):
             # the biased variance, as a mean of squares (faster than var over dim 1)
             std = torch.sqrt((dev * dev).mean(1, keepdim=True) + self.shape["eps"])
             h = h / (self.scale * std + (1.0 - self.scale))
-            h = self.gammas[j] * h + self.betas[j]
+            # a fixed gamma or beta is replaced by 1 or 0, so its gradient is 0 and SGD
+            # leaves it where it started
+            gamma = torch.where(self.learn_gamma, self.gammas[j], 1.0)
+            h = gamma * h + torch.where(self.learn_beta, self.betas[j], 0.0)
             h = torch.where(self.after, h, torch.sigmoid(h))
         return torch.matmul(h, self.weights[-1]) + self.bias
 
@@ -171,53 +174,6 @@ class StackedPieces(nn.Module):
                 norm.beta.copy_(b[i, 0])
         return net
 
-    @torch.no_grad()
-    def sgd_step(self, lr):
-        """Plain SGD with each net's learning rate ``lr: (k,)``; fixed gammas and betas
-        stay as they are."""
-        rate = lr[:, None, None]
-        for p in [*self.weights, self.bias]:
-            p -= rate * p.grad
-        for p in self.hidden_bias:
-            p -= rate * self.after * p.grad
-        for ps, learn in ((self.gammas, self.learn_gamma), (self.betas, self.learn_beta)):
-            for p in ps:
-                p -= rate * learn * p.grad
-
-
-def train_pieces(model, x, y, steps, lr, batch_size=60, data_seeds=None):
-    """Train a ``StackedPieces`` with SGD and cross-entropy for ``steps`` steps.
-
-    ``lr``: one rate for all nets or one per net. Net i sees the mini-batches of
-    ``bnutils.data.batches(x, y, batch_size, seed=data_seeds[i])`` (default: its init
-    seed), the ones ``bnutils.train.train`` would draw with that seed. Returns the
-    training losses, ``(steps, k)``.
-    """
-    k = len(model.pieces)
-    lr = torch.tensor(_as_list(lr, k, "lr"), dtype=x.dtype)
-    data_seeds = _as_list(model.seeds if data_seeds is None else data_seeds, k, "data_seeds")
-    unique = sorted(set(data_seeds))
-    streams = [batches(x, y, batch_size, seed=s) for s in unique]
-    which = torch.tensor([unique.index(s) for s in data_seeds])
-    losses = torch.empty(steps, k)
-    for step in range(steps):
-        xs, ys = zip(*(next(s) for s in streams), strict=True)
-        xb, yb = torch.stack(xs)[which], torch.stack(ys)[which]  # (k, B, in), (k, B)
-        logits = model(xb)
-        loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
-        loss = loss.view(k, -1).mean(1)
-        model.zero_grad(set_to_none=True)
-        loss.sum().backward()  # each net's loss depends on its own weights only
-        model.sgd_step(lr)
-        losses[step] = loss.detach()
-    return losses
-
-
-@torch.no_grad()
-def accuracy(model, x, y):
-    """Each net's accuracy on ``(x, y)``, normalized with the statistics of all of x."""
-    return (model(x).argmax(-1) == y).double().mean(1)
-
 
 def run_grid(variants, lrs, seeds, steps, n_val, batch_size=60, init_std=0.1):
     """Train every (variant, learning rate, seed) of the grid side by side on MNIST.
@@ -236,15 +192,14 @@ def run_grid(variants, lrs, seeds, steps, n_val, batch_size=60, init_std=0.1):
     grid = [(v, lr, s) for v in variants for lr in lrs for s in seeds]
     model = StackedPieces([VARIANTS[v] for v, _, _ in grid], [s for *_, s in grid],
                           init_std=init_std)
-    losses = train_pieces(model, x_tr, y_tr, steps, [lr for _, lr, _ in grid], batch_size)
+    log = batched.train_stacked(model, x_tr, y_tr, steps, [lr for _, lr, _ in grid],
+                                batch_size, progress=False)
     shape = (len(variants), len(lrs), len(seeds))
 
-    def per_net(values):
-        return values.detach().reshape(shape).numpy()
-
     def mean_abs(params):
-        return per_net(torch.stack([p.abs().mean((1, 2)) for p in params]).mean(0))
+        return torch.stack([p.detach().abs().mean((1, 2)) for p in params]).mean(0)
 
-    return {"acc": per_net(accuracy(model, x_val[:n_val], y_val[:n_val])),
-            "loss": per_net(losses[-max(1, steps // 10):].mean(0)),
-            "gamma": mean_abs(model.gammas), "beta": mean_abs(model.betas)}
+    return {"acc": batched.accuracy(model, x_val[:n_val], y_val[:n_val]).reshape(shape),
+            "loss": log["losses"][-max(1, steps // 10):].mean(0).reshape(shape),
+            "gamma": mean_abs(model.gammas).numpy().reshape(shape),
+            "beta": mean_abs(model.betas).numpy().reshape(shape)}

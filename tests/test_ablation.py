@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bnutils import ablation
+from bnutils import ablation, batched
 from bnutils.train import train
 
 
@@ -62,7 +62,8 @@ def test_stacked_training_equals_training_each_net_alone():
     model = ablation.StackedPieces(pieces, seeds=[3, 1, 2, 3, 0, 5])
     nets = [model.net(i) for i in range(len(pieces))]
     x, y = _data()
-    losses = ablation.train_pieces(model, x, y, 15, lrs)
+    losses = torch.from_numpy(
+        batched.train_stacked(model, x, y, 15, lrs, progress=False)["losses"])
     for i, net in enumerate(nets):
         opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lrs[i])
         _, alone = train(net, opt, x, y, 15, 60, seed=model.seeds[i], progress=False)
@@ -75,29 +76,25 @@ def test_frozen_parameters_stay_and_unused_biases_stay_zero():
     names = ["frozen gamma, beta", "BN", "BN after sigmoid"]
     model = ablation.StackedPieces([ablation.VARIANTS[n] for n in names], seeds=[0, 0, 0])
     x, y = _data()
-    ablation.train_pieces(model, x, y, 5, 1.0)
+    batched.train_stacked(model, x, y, 5, 1.0, progress=False)
     assert all((g[0] == 1).all() and (b[0] == 0).all()
                for g, b in zip(model.gammas, model.betas, strict=True))
     assert not (model.gammas[0][1] == 1).all()
     assert all((b[:2] == 0).all() and (b[2] != 0).any() for b in model.hidden_bias)
 
 
-def test_accuracy_per_net():
+def test_accuracy_per_net_uses_the_statistics_of_the_whole_set():
     model = ablation.StackedPieces([ablation.VARIANTS["BN"]] * 2, seeds=[0, 1])
     x, y = _data(100)
-    acc = ablation.accuracy(model, x, y)
+    acc = batched.accuracy(model, x, y)
     assert acc.shape == (2,)
     logits = model.net(1)(x)
-    assert acc[1].item() == pytest.approx((logits.argmax(1) == y).double().mean().item())
+    assert acc[1] == pytest.approx((logits.argmax(1) == y).double().mean().item())
 
 
 def test_bad_lengths_raise():
     with pytest.raises(ValueError, match="seeds needs one value per net"):
         ablation.StackedPieces([ablation.VARIANTS["BN"]] * 2, seeds=[0, 1, 2])
-    model = ablation.StackedPieces([ablation.VARIANTS["BN"]] * 2, seeds=[0, 1])
-    x, y = _data(120)
-    with pytest.raises(ValueError, match="lr needs one value per net"):
-        ablation.train_pieces(model, x, y, 1, [0.1, 0.2, 0.3])
 
 
 def test_no_module_state_is_shared_between_nets():
