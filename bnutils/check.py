@@ -319,15 +319,17 @@ def _run(name, fn, cases, reference, mistakes, outputs):
                 continue
             result.output = k
             err = _error(got, want[k])
+            # a node of the graph: say which gradient it is
+            name_k = f"{k} ({outputs[k]})" if isinstance(outputs, dict) else k
             if err is None:
-                what = f"{k} has shape {got.shape}, expected {want[k].shape}"
+                what = f"{name_k} has shape {got.shape}, expected {want[k].shape}"
             elif not np.isfinite(got).all():
                 result.error = err
-                what = (f"{k} has {(~np.isfinite(got)).sum()} NaN or infinite values "
+                what = (f"{name_k} has {(~np.isfinite(got)).sum()} NaN or infinite values "
                         f"(of {got.size}) where the right ones are finite")
             else:
                 result.error = err
-                what = (f"{k} is off by up to {err:.3g} (the right values reach "
+                what = (f"{name_k} is off by up to {err:.3g} (the right values reach "
                         f"{np.abs(want[k]).max():.3g})")
             break
     text = f"{name}: FAILED on the case {case.name}: {what}."
