@@ -25,7 +25,8 @@ book: $(STAMP)
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
 # Quick mode everywhere: lint, unit tests and every notebook under nbval, a strict
-# build of the book, then every built page in headless Chromium.
+# build of the book, then in headless Chromium every built page and JupyterLab running
+# two notebooks (tests/browser).
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check notebooks
@@ -36,10 +37,13 @@ test: $(STAMP)
 	BNBOOK_HTML=_build/quick/_build/html $(PY) -m pytest tests/browser
 
 # The learner's path: JupyterLab on notebooks/ with the project's kernel (.venv, where
-# bnutils is installed) and live progress bars (ipywidgets).
+# bnutils is installed) and live progress bars (ipywidgets). Options go through
+# LAB_ARGS, e.g. make lab LAB_ARGS="--no-browser --port 8899"; as root (a container)
+# JupyterLab needs --allow-root.
+LAB_ARGS ?=
 lab: $(STAMP)
 	$(PY) -c "import jupyterlab, ipywidgets" 2>/dev/null || $(PY) -m pip install -q -r requirements.txt
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/
 
 # Speed and memory goals: each script prints ratios measured in one run; the report
 # (with the machine it ran on) is what the book's benchmarks appendix shows.
