@@ -144,15 +144,25 @@ class StackedMLP(nn.Module):
             if last:
                 break
             if self.norm:
-                h = self._batch_norm(h, j)
+                h = self._batch_norm_t(h, j)
             hidden.append(h.transpose(1, 2))
             h, shared = act(h), False
         logits = h.transpose(1, 2)
         return (logits, hidden) if return_hidden else logits
 
+    def _running(self, j):
+        """Layer ``j``'s running mean and variance, ``(k, h_j)`` each."""
+        return _running(self, j)
+
     def _batch_norm(self, h, j):
-        """BN of ``h: (k, w, B)`` per net and unit over the batch axis: ``F.batch_norm``
-        of ``(1, k * w, B)``, whose statistics are per channel over the last axis."""
+        """BN (layer ``j``) of ``h: (k, B, w)``, per net and unit over the batch axis;
+        for subclasses that write their own forward pass."""
+        return self._batch_norm_t(h.transpose(1, 2), j).transpose(1, 2)
+
+    def _batch_norm_t(self, h, j):
+        """BN of the transposed ``h: (k, w, B)`` per net and unit over the batch axis:
+        ``F.batch_norm`` of ``(1, k * w, B)``, whose statistics are per channel over the
+        last axis."""
         running_mean, running_var = _running(self, j)
         y = F.batch_norm(h.reshape(1, -1, h.shape[2]), running_mean.view(-1),
                          running_var.view(-1), self.gamma[j].reshape(-1),

@@ -172,6 +172,21 @@ def test_net_i_computes_what_the_stack_computes(mnist, norm, per_net_input):
             assert [h.shape for h in hidden] == [(3, 50, 64), (3, 50, 32)]
 
 
+def test_batch_norm_method_for_subclasses_is_batchnorm1d_per_net():
+    model = StackedMLP(2, hidden=(6,), norm=True)
+    bn = nn.BatchNorm1d(6)
+    with torch.no_grad():
+        model.gamma[0][1].uniform_(0.5, 2.0)
+        model.beta[0][1].uniform_(-1.0, 1.0)
+        bn.weight.copy_(model.gamma[0][1])
+        bn.bias.copy_(model.beta[0][1])
+    h = torch.randn(2, 16, 6) * 3 + 1  # (k, B, w)
+    torch.testing.assert_close(model._batch_norm(h, 0)[1], bn(h[1]))
+    running_mean, running_var = model._running(0)
+    torch.testing.assert_close(running_mean[1], bn.running_mean)
+    torch.testing.assert_close(running_var[1], bn.running_var)
+
+
 def test_batch_norm_running_statistics_as_batchnorm1d(mnist):
     """One training forward: running mean and unbiased variance, momentum 0.1."""
     x, _ = mnist
