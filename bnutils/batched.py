@@ -1,10 +1,12 @@
 """Many small networks trained as one: stacked weights, one forward and backward pass.
 
 Used by notebooks 05 and 07. A sweep over learning rates, initial scales or seeds trains
-dozens of networks of one architecture. Trained one after another, a step of a small
-network at batch 60 spends much of its time in Python and in tiny matrix products;
-stacked, the ``k`` networks share every Python call and their products become one
-batched product (``torch.bmm``) that can use both cores.
+dozens of networks of one architecture. Trained one after another, a step of a Figure 1
+MLP at batch 60 spends about half its time outside its matrix products (Python, the
+optimizer, small kernels); stacked, the ``k`` networks share every one of those calls,
+and their products become one large product (``torch.bmm``) that more threads can
+split. ``benchmarks/batched.py`` measures the gain: about 2x on one thread for the MLPs
+of Figure 1, less for the CNN, whose time goes to convolutions either way.
 
 Each network stays exactly what it would be alone: network ``i`` of a ``StackedMLP``
 starts from the weights of ``bnutils.models.mlp`` built with seed ``seeds[i]``, its
@@ -25,7 +27,7 @@ from torch.nn import functional as F
 
 from .config import generator as make_generator
 from .config import progress as progress_bar
-from .models import ACTIVATIONS, mlp
+from .models import ACTIVATIONS, mlp, small_cnn
 
 _ACTIVATION_FNS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 
@@ -63,7 +65,7 @@ class StackedMLP(nn.Module):
     ``init_std``: a float or ``k`` floats. Net ``i`` starts from exactly the weights of
     ``mlp(..., init_std=init_std[i], generator=bnutils.generator(seeds[i]))``;
     ``init_std=None`` keeps PyTorch's default init, drawn after
-    ``torch.manual_seed(seeds[i])`` (the global generator's state is restored after).
+    ``torch.manual_seed(seeds[i])``. The global generator is left as it was.
     ``eps``, ``momentum``: as in ``nn.BatchNorm1d`` (running statistics
     ``(1 - momentum) * running + momentum * batch``, the batch variance unbiased).
 
@@ -105,15 +107,14 @@ class StackedMLP(nn.Module):
         norm = partial(nn.BatchNorm1d, eps=self.eps, momentum=self.momentum) if self.norm else None
         build = partial(mlp, self.in_features, self.hidden, self.out_features,
                         self.activation, norm)
-        if self.init_std is not None:
-            return build(init_std=float(self.init_std[i]),
-                         generator=make_generator(self.seeds[i]))
+        # nn.Linear draws a default init from the global generator even when init_std
+        # then overwrites it: fork it, so that building k nets leaves it as it was
         with torch.random.fork_rng(devices=[]):
+            if self.init_std is not None:
+                return build(init_std=float(self.init_std[i]),
+                             generator=make_generator(self.seeds[i]))
             torch.manual_seed(self.seeds[i])
             return build()
-
-    def _running(self, j):
-        return getattr(self, f"running_mean_{j}"), getattr(self, f"running_var_{j}")
 
     def forward(self, x, return_hidden=False):
         """Logits ``(k, B, out_features)`` of every net.
@@ -123,43 +124,56 @@ class StackedMLP(nn.Module):
         list with the input of each hidden layer's activation, ``(k, B, h_j)`` (after BN
         when ``norm``).
         """
-        shared = _check_input(x, self.k, (self.in_features,), "in_features")
+        shared = _check_input(x, self.k, (self.in_features,))
         if self.training and self.norm:
             self.num_batches_tracked += 1
-        hidden, bias = [], iter(self.biases)
+        # Inside, activations are transposed, h: (k, width, B), so that a layer is
+        # W @ h and BN's statistics are over the last axis of a contiguous tensor.
+        n = x.shape[-2]
+        hidden, bias, h = [], iter(self.biases), x.transpose(-1, -2)
         act = _ACTIVATION_FNS[self.activation]
         for j, weight in enumerate(self.weights):
             last = j == len(self.weights) - 1
             b = None if (self.norm and not last) else next(bias)
-            if shared:  # one matrix product for all nets: (B, in) @ (in, k * out)
-                h = x @ weight.reshape(-1, weight.shape[2]).T
-                h = h if b is None else h + b.reshape(-1)
-                h = h.view(len(x), self.k, -1).transpose(0, 1)
-            else:  # (k, B, in) @ (k, in, out)
-                h = torch.bmm(x, weight.transpose(1, 2))
-                h = h if b is None else h + b.unsqueeze(1)
+            if shared:  # one matrix product for all nets: (k * out, in) @ (in, B)
+                w = weight.reshape(-1, weight.shape[2])
+                h = w @ h if b is None else torch.addmm(b.reshape(-1, 1), w, h)
+                h = h.view(self.k, -1, n)
+            else:  # (k, out, in) @ (k, in, B)
+                h = torch.bmm(weight, h) if b is None else torch.baddbmm(b.unsqueeze(2), weight, h)
             if last:
                 break
             if self.norm:
-                h = self._batch_norm(h, j)
-            hidden.append(h)
-            x, shared = act(h), False
-        return (h, hidden) if return_hidden else h
+                h = self._batch_norm_t(h, j)
+            hidden.append(h.transpose(1, 2))
+            h, shared = act(h), False
+        logits = h.transpose(1, 2)
+        return (logits, hidden) if return_hidden else logits
+
+    def _running(self, j):
+        """Layer ``j``'s running mean and variance, ``(k, h_j)`` each."""
+        return _running(self, j)
 
     def _batch_norm(self, h, j):
-        """BN of ``h: (k, B, w)`` per net and unit: ``F.batch_norm`` on ``(B, k * w)``."""
-        k, n, w = h.shape
-        running_mean, running_var = self._running(j)
-        y = F.batch_norm(h.transpose(0, 1).reshape(n, k * w), running_mean.view(-1),
+        """BN (layer ``j``) of ``h: (k, B, w)``, per net and unit over the batch axis;
+        for subclasses that write their own forward pass."""
+        return self._batch_norm_t(h.transpose(1, 2), j).transpose(1, 2)
+
+    def _batch_norm_t(self, h, j):
+        """BN of the transposed ``h: (k, w, B)`` per net and unit over the batch axis:
+        ``F.batch_norm`` of ``(1, k * w, B)``, whose statistics are per channel over the
+        last axis."""
+        running_mean, running_var = _running(self, j)
+        y = F.batch_norm(h.reshape(1, -1, h.shape[2]), running_mean.view(-1),
                          running_var.view(-1), self.gamma[j].reshape(-1),
                          self.beta[j].reshape(-1), self.training, self.momentum, self.eps)
-        return y.view(n, k, w).transpose(0, 1)
+        return y.view(h.shape)
 
     @torch.no_grad()
     def net(self, i):
         """Net ``i`` as a new ``models.mlp`` ``nn.Sequential`` (a copy, on this device
-        and in this dtype),
-        with its current parameters and buffers and this stack's train/eval mode."""
+        and in this dtype), with its current parameters and buffers and this stack's
+        train/eval mode."""
         net = self._make_net(i).to(self.weights[0].device, self.weights[0].dtype)
         linears = [m for m in net if isinstance(m, nn.Linear)]
         norms = [m for m in net if isinstance(m, nn.BatchNorm1d)]
@@ -168,13 +182,7 @@ class StackedMLP(nn.Module):
             layer.weight.copy_(weight[i])
             if layer.bias is not None:
                 layer.bias.copy_(next(biases)[i])
-        for j, bn in enumerate(norms):
-            bn.weight.copy_(self.gamma[j][i])
-            bn.bias.copy_(self.beta[j][i])
-            running_mean, running_var = self._running(j)
-            bn.running_mean.copy_(running_mean[i])
-            bn.running_var.copy_(running_var[i])
-            bn.num_batches_tracked.copy_(self.num_batches_tracked[i])
+        _copy_norms(self, norms, i)
         return net.train(self.training)
 
     def extra_repr(self):
@@ -190,17 +198,169 @@ def _stack(nets, kind, name):
                             for same in layers if getattr(same[0], name) is not None)
 
 
-def _check_input(x, k, feature_shape, what):
+def _check_input(x, k, feature_shape):
     """True if ``x`` is one batch ``(B, *feature_shape)`` for all nets, False if it is
-    ``(k, B, *feature_shape)``; a ``ValueError`` naming both shapes otherwise."""
-    d = len(feature_shape)
-    if x.dim() == d + 1 and tuple(x.shape[1:]) == tuple(feature_shape):
+    ``(k, B, *feature_shape)``; a ``ValueError`` naming both shapes otherwise.
+    A name (a string) in ``feature_shape`` matches any size."""
+    def fits(shape):
+        return len(shape) == len(feature_shape) and all(
+            isinstance(f, str) or s == f for s, f in zip(shape, feature_shape, strict=True))
+
+    if fits(x.shape[1:]):
         return True
-    if x.dim() == d + 2 and x.shape[0] == k and tuple(x.shape[2:]) == tuple(feature_shape):
+    if x.dim() > 0 and x.shape[0] == k and fits(x.shape[2:]):
         return False
-    raise ValueError(f"x must be (B, {', '.join(map(str, feature_shape))}) or "
-                     f"(k={k}, B, {', '.join(map(str, feature_shape))}) ({what}), "
-                     f"got {tuple(x.shape)}")
+    dims = ", ".join(map(str, feature_shape))
+    raise ValueError(f"x must be (B, {dims}) or (k={k}, B, {dims}), got {tuple(x.shape)}")
+
+
+class StackedCNN(nn.Module):
+    """``k`` copies of ``bnutils.models.small_cnn``, run as grouped convolutions.
+
+    Net ``i`` is ``small_cnn(norm, activation, dropout, widths, in_channels,
+    num_classes)`` built after ``torch.manual_seed(seeds[i])`` (PyTorch's default init,
+    as ``figure3`` builds it after ``set_seed``; the global generator is restored after).
+    Its channels are the ``i``-th block of every layer's ``k * width`` channels: a
+    convolution with ``groups=k`` keeps the blocks apart, ``F.batch_norm`` over
+    ``k * width`` channels computes each channel's statistics over its own net's batch,
+    and the last layer is a batched product. ``norm``: ``None`` or ``"bn"``.
+
+    Dropout draws each net's mask from a generator that continues the global
+    generator's state after that net's init, so on the CPU net ``i`` sees the masks
+    ``small_cnn`` would draw after ``torch.manual_seed(seeds[i])``.
+
+    Parameters: ``conv_weights[j]: (k, out_j, in_j, 3, 3)``, ``conv_biases[j]: (k, out_j)``
+    (without norm), ``gamma[j]``, ``beta[j]: (k, out_j)`` and buffers
+    ``running_mean_j``, ``running_var_j: (k, out_j)``, ``num_batches_tracked: (k,)``
+    (with norm), ``weights[0]: (k, num_classes, widths[-1])``, ``biases[0]:
+    (k, num_classes)``.
+    """
+
+    def __init__(self, k, norm=None, activation="relu", dropout=0.0, widths=(8, 16, 32),
+                 in_channels=1, num_classes=10, seeds=None, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.k = _check_k(k)
+        if norm not in (None, "bn"):
+            raise ValueError(f"norm must be None or 'bn', got {norm!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.norm, self.activation, self.dropout = norm, activation, float(dropout)
+        self.widths, self.in_channels, self.num_classes = tuple(widths), in_channels, num_classes
+        self.eps, self.momentum = eps, momentum
+        self.seeds = _seeds(seeds, self.k)
+
+        nets, self._dropout_generators = [], []
+        for i in range(self.k):
+            with torch.random.fork_rng(devices=[]):
+                nets.append(self._make_net(i))
+                g = torch.Generator()
+                g.set_state(torch.get_rng_state())
+            self._dropout_generators.append(g)
+        self.conv_weights = _stack(nets, nn.Conv2d, "weight")
+        self.conv_biases = _stack(nets, nn.Conv2d, "bias")
+        self.gamma = _stack(nets, nn.BatchNorm2d, "weight")
+        self.beta = _stack(nets, nn.BatchNorm2d, "bias")
+        self.weights = _stack(nets, nn.Linear, "weight")
+        self.biases = _stack(nets, nn.Linear, "bias")
+        for j, w in enumerate(self.widths if norm else ()):
+            self.register_buffer(f"running_mean_{j}", torch.zeros(self.k, w))
+            self.register_buffer(f"running_var_{j}", torch.ones(self.k, w))
+        if norm:
+            self.register_buffer("num_batches_tracked", torch.zeros(self.k, dtype=torch.long))
+
+    def _make_net(self, i):
+        """Net ``i`` as ``small_cnn`` builds it after ``torch.manual_seed(seeds[i])``;
+        call it inside ``fork_rng``: it reseeds the global generator."""
+        norm = (partial(nn.BatchNorm2d, eps=self.eps, momentum=self.momentum)
+                if self.norm else None)
+        torch.manual_seed(self.seeds[i])
+        return small_cnn(norm, self.activation, self.dropout, self.widths, self.in_channels,
+                         self.num_classes)
+
+    def forward(self, x, return_hidden=False):
+        """Logits ``(k, B, num_classes)`` of every net.
+
+        ``x``: ``(B, in_channels, H, W)``, the same images for all nets, or
+        ``(k, B, in_channels, H, W)``, one batch per net. With ``return_hidden=True``
+        also returns a list with the input of each convolutional layer's activation,
+        ``(k, B, width_j, H_j, W_j)`` (after BN when ``norm``).
+        """
+        shared = _check_input(x, self.k, (self.in_channels, "H", "W"))
+        if not shared:  # net i's channels become block i of k * in_channels channels
+            x = x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+        if self.training and self.norm:
+            self.num_batches_tracked += 1
+        act = _ACTIVATION_FNS[self.activation]
+        hidden, biases, h = [], iter(self.conv_biases), x
+        for j, weight in enumerate(self.conv_weights):
+            # the first layer of nets that share their input is one ordinary convolution
+            groups = 1 if (shared and j == 0) else self.k
+            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]),
+                         None if self.norm else next(biases).reshape(-1),
+                         padding=1, groups=groups)
+            if j == 0:  # channels last (later layers follow): pooling and BN over k * width
+                h = h.contiguous(memory_format=torch.channels_last)  # channels vectorise
+            if self.norm:
+                running_mean, running_var = _running(self, j)
+                h = F.batch_norm(h, running_mean.view(-1), running_var.view(-1),
+                                 self.gamma[j].reshape(-1), self.beta[j].reshape(-1),
+                                 self.training, self.momentum, self.eps)
+            hidden.append(h.view(h.shape[0], self.k, -1, *h.shape[2:]).transpose(0, 1))
+            h = F.max_pool2d(act(h), 2)
+        h = F.adaptive_avg_pool2d(h, 1).view(h.shape[0], self.k, -1).transpose(0, 1)
+        if self.training and self.dropout > 0:
+            h = h * self._dropout_noise(h)
+        logits = torch.baddbmm(self.biases[0].unsqueeze(1), h, self.weights[0].transpose(1, 2))
+        return (logits, hidden) if return_hidden else logits
+
+    def _dropout_noise(self, h):
+        """Dropout's scaled mask for ``h: (k, B, C)``: net ``i``'s drawn as ``F.dropout``
+        draws it on the CPU (``bernoulli_(1 - p)`` on a ``(B, C)`` tensor), from its own
+        generator."""
+        keep = 1.0 - self.dropout
+        noise = torch.stack([torch.empty(h.shape[1:], dtype=h.dtype).bernoulli_(keep, generator=g)
+                             for g in self._dropout_generators])
+        return noise.div_(keep).to(h.device)
+
+    @torch.no_grad()
+    def net(self, i):
+        """Net ``i`` as a new ``small_cnn`` ``nn.Sequential`` (a copy, on this device
+        and in this dtype), with its parameters, buffers and this stack's mode."""
+        with torch.random.fork_rng(devices=[]):
+            net = self._make_net(i)
+        net.to(self.weights[0].device, self.weights[0].dtype)
+        convs = [m for m in net if isinstance(m, nn.Conv2d)]
+        biases = iter(self.conv_biases)
+        for conv, weight in zip(convs, self.conv_weights, strict=True):
+            conv.weight.copy_(weight[i])
+            if conv.bias is not None:
+                conv.bias.copy_(next(biases)[i])
+        _copy_norms(self, [m for m in net if isinstance(m, nn.BatchNorm2d)], i)
+        net[-1].weight.copy_(self.weights[0][i])
+        net[-1].bias.copy_(self.biases[0][i])
+        return net.train(self.training)
+
+    def extra_repr(self):
+        return (f"k={self.k}, widths={self.widths}, norm={self.norm!r}, "
+                f"activation={self.activation!r}, dropout={self.dropout}")
+
+
+def _running(model, j):
+    return getattr(model, f"running_mean_{j}"), getattr(model, f"running_var_{j}")
+
+
+def _copy_norms(model, norms, i):
+    """Copy net ``i``'s BN parameters and statistics from the stack into ``norms``."""
+    for j, bn in enumerate(norms):
+        bn.weight.copy_(model.gamma[j][i])
+        bn.bias.copy_(model.beta[j][i])
+        running_mean, running_var = _running(model, j)
+        bn.running_mean.copy_(running_mean[i])
+        bn.running_var.copy_(running_var[i])
+        bn.num_batches_tracked.copy_(model.num_batches_tracked[i])
 
 
 class StackedSGD:
@@ -233,6 +393,7 @@ class StackedSGD:
         self.dtype = self.params[0].dtype
         self._momentum = self.momentum.to(self.device, self.dtype)
         self._weight_decay = self.weight_decay.to(self.device, self.dtype)
+        self._decay = bool((self.weight_decay > 0).any())  # else skip that term
         self.buffers = ([torch.zeros_like(p) for p in self.params]
                         if (self.momentum > 0).any() else None)
         self.active = torch.ones(self.k, dtype=torch.bool, device=self.device)
@@ -265,14 +426,14 @@ class StackedSGD:
                 continue
             shape = (self.k,) + (1,) * (p.dim() - 1)  # broadcast a (k,) vector over p
             d = p.grad
-            if (self.weight_decay > 0).any():
+            if self._decay:
                 d = d.addcmul(self._weight_decay.view(shape), p)
             if self.buffers is not None:
-                buf = self.buffers[j]
-                new = buf.mul(self._momentum.view(shape)).add_(d)
+                buf, momentum = self.buffers[j], self._momentum.view(shape)
                 if self._any_frozen:
-                    new = torch.where(self.active.view(shape), new, buf)
-                buf.copy_(new)
+                    buf.copy_(torch.where(self.active.view(shape), buf * momentum + d, buf))
+                else:
+                    buf.mul_(momentum).add_(d)
                 d = buf
             if self._any_frozen:  # where, not lr=0: 0 * nan would still be nan
                 p.sub_(torch.where(self.active.view(shape), self._lr.view(shape) * d, 0.0))
@@ -323,9 +484,9 @@ def _data_seeds(data_seeds, model):
 def per_net_loss(logits, y):
     """Mean cross-entropy of each net: ``logits (k, B, C)``, ``y (B,)`` or ``(k, B)`` ->
     ``(k,)``."""
-    k, n, c = logits.shape
-    y = y.expand(k, n).reshape(-1)
-    return F.cross_entropy(logits.reshape(k * n, c), y, reduction="none").view(k, n).mean(1)
+    k, n, _ = logits.shape
+    # cross_entropy's (N, C, d) form: class scores along dim 1, no copy of the logits
+    return F.cross_entropy(logits.transpose(1, 2), y.expand(k, n), reduction="none").mean(1)
 
 
 def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, momentum=0.0,
@@ -347,9 +508,9 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
 
     A net whose mini-batch loss is not finite (or exceeds ``max_loss``) is flagged and
     frozen before that step's update, as ``train.train(..., max_loss=...)`` stops:
-    its parameters and running statistics stay as they were, its loss is masked out of
-    the summed loss (so its ``nan`` cannot reach the others' gradients), and the other
-    nets train on unchanged.
+    its parameters and running statistics stay as they were from then on, and its loss
+    is masked out of the summed loss that is backpropagated, which stays finite. The
+    other nets train on unchanged: each net's gradient depends on its own loss only.
 
     Every ``log_every`` steps and after the last (only after the last if ``None``),
     ``callback(step, model)`` is called with the model in training mode. Returns a dict
@@ -361,6 +522,10 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
     ``"callback"``.
     """
     k = model.k
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y must hold as many examples, got {len(x)} and {len(y)}")
     seeds = _data_seeds(data_seeds, model)
     unique = sorted(set(seeds))
     stream = _IndexStream(len(x), batch_size, unique, x.device)
@@ -395,6 +560,8 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
             optimizer.freeze(bad)
 
         optimizer.zero_grad()
+        # each net's gradient depends on its own loss only; masking the frozen ones keeps
+        # the sum finite (nan + x = nan) for anything that reads it
         torch.where(optimizer.active, loss, 0.0).sum().backward()
         optimizer.step()
         if saved is not None:  # frozen nets keep their statistics (after backward: it uses them)
@@ -419,6 +586,9 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
     }
     if returned and all(isinstance(r, dict) for r in returned):
         for key in returned[0]:
+            if key in out:
+                raise ValueError(f"the callback returned the key {key!r}, which "
+                                 f"train_stacked's own logs use; rename it")
             out[key] = np.stack([_numpy(r[key]) for r in returned])
     elif callback is not None:
         out["callback"] = returned
@@ -444,4 +614,4 @@ def accuracy(model, x, y, batch_size=10_000):
     return correct.cpu().numpy() / len(x)
 
 
-__all__ = ["StackedMLP", "StackedSGD", "accuracy", "per_net_loss", "train_stacked"]
+__all__ = ["StackedCNN", "StackedMLP", "StackedSGD", "accuracy", "per_net_loss", "train_stacked"]

@@ -17,8 +17,15 @@ import pytest
 import torch
 from torch import nn
 
-from bnutils import data, generator, models, train
-from bnutils.batched import StackedMLP, StackedSGD, _IndexStream, accuracy, train_stacked
+from bnutils import data, generator, models, set_seed, train
+from bnutils.batched import (
+    StackedCNN,
+    StackedMLP,
+    StackedSGD,
+    _IndexStream,
+    accuracy,
+    train_stacked,
+)
 
 STEPS = 300  # 3.6 epochs of the 5,000-image subset at batch 60: crosses epoch boundaries
 LRS = {"sigmoid": [0.1, 0.5, 1.0], "relu": [0.02, 0.05, 0.1]}
@@ -55,7 +62,8 @@ def assert_same_net(stacked_net, net, rtol=RTOL, atol=ATOL):
     a, b = stacked_net.state_dict(), net.state_dict()
     assert list(a) == list(b)
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol,
+                                   msg=lambda m, key=key: f"{key}: {m}")
 
 
 CASES = [(a, n, s, d) for d in (torch.float32, torch.float64) for a in ("sigmoid", "relu")
@@ -131,11 +139,12 @@ def test_initial_weights_are_those_of_models_mlp(norm, init_std):
             assert torch.equal(model.net(i).state_dict()[key], value), key
 
 
-def test_default_init_leaves_the_global_generator_alone():
+@pytest.mark.parametrize("init_std", [0.05, None])
+def test_init_leaves_the_global_generator_alone(init_std):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    StackedMLP(2, init_std=None)
+    StackedMLP(2, init_std=init_std).net(1)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -161,6 +170,21 @@ def test_net_i_computes_what_the_stack_computes(mnist, norm, per_net_input):
                 # the input of the last activation, after BN if any
                 torch.testing.assert_close(net[:-2](xi), hidden[-1][i], rtol=1e-5, atol=1e-6)
             assert [h.shape for h in hidden] == [(3, 50, 64), (3, 50, 32)]
+
+
+def test_batch_norm_method_for_subclasses_is_batchnorm1d_per_net():
+    model = StackedMLP(2, hidden=(6,), norm=True)
+    bn = nn.BatchNorm1d(6)
+    with torch.no_grad():
+        model.gamma[0][1].uniform_(0.5, 2.0)
+        model.beta[0][1].uniform_(-1.0, 1.0)
+        bn.weight.copy_(model.gamma[0][1])
+        bn.bias.copy_(model.beta[0][1])
+    h = torch.randn(2, 16, 6) * 3 + 1  # (k, B, w)
+    torch.testing.assert_close(model._batch_norm(h, 0)[1], bn(h[1]))
+    running_mean, running_var = model._running(0)
+    torch.testing.assert_close(running_mean[1], bn.running_mean)
+    torch.testing.assert_close(running_var[1], bn.running_var)
 
 
 def test_batch_norm_running_statistics_as_batchnorm1d(mnist):
@@ -254,10 +278,13 @@ def test_stacked_sgd_one_step_by_hand():
         p.grad = torch.full((2, 3), 2.0)
         opt.step()
         torch.testing.assert_close(p[:, 0], torch.tensor(expected))
-    opt.freeze([1])
-    p.grad = torch.full((2, 3), math.nan)
-    opt.step()
-    assert torch.isnan(p[0]).all() and torch.equal(p[1].detach(), torch.full((3,), -4.04))
+    for momentum in ([0.0, 0.5], 0.0):  # a frozen net keeps its values even under nan
+        q = p.detach().clone().requires_grad_()
+        opt = StackedSGD([q], lr=[0.1, 1.0], momentum=momentum)
+        opt.freeze([1])
+        q.grad = torch.full((2, 3), math.nan)
+        opt.step()
+        assert torch.isnan(q[0]).all() and torch.equal(q[1], p[1])
 
 
 def test_bad_input_gives_clear_errors(mnist):
@@ -279,6 +306,10 @@ def test_bad_input_gives_clear_errors(mnist):
         train_stacked(model, x, y, 5, 0.1, data_seeds=[0, 1], progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         train_stacked(model, x, y, 5, 0.1, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train_stacked(model, x, y, 0, 0.1, progress=False)
+    with pytest.raises(ValueError, match="as many examples"):
+        train_stacked(model, x, y[:-1], 5, 0.1, progress=False)
     with pytest.raises(ValueError, match=r"x must be \(B, 784\) or \(k=3, B, 784\).*\(5, 100\)"):
         model(torch.zeros(5, 100))
     with pytest.raises(ValueError, match=r"got \(2, 5, 784\)"):
@@ -294,3 +325,110 @@ def test_moves_to_another_device_with_its_buffers():
     assert model.running_var_0.dtype == torch.float64
     assert model(torch.zeros(4, 784, dtype=torch.float64)).shape == (2, 4, 10)
 
+
+
+# --- StackedCNN: k copies of small_cnn, trained as figure3 trains one ---------------------
+
+
+@pytest.fixture(scope="module")
+def images():
+    return data.mnist_tensors("train", subset=True, flatten=False)
+
+
+def cnn_alone(images, norm, activation, dropout, seed, lr, steps, half_life, dtype):
+    """``small_cnn`` trained as ``figure3.run_config`` trains it."""
+    set_seed(seed)
+    net = models.small_cnn(norm=norm, activation=activation, dropout=dropout).to(dtype)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 ** (t / half_life))
+    _, losses = train.train(net, opt, *images, steps, batch_size=64, seed=seed,
+                            scheduler=sched, progress=False)
+    return net, losses.numpy()
+
+
+@pytest.mark.parametrize("norm, activation, dropout",
+                         [(None, "relu", 0.2), ("bn", "relu", 0.2), ("bn", "sigmoid", 0.0),
+                          (None, "sigmoid", 0.0)])
+def test_cnn_training_matches_small_cnn_one_by_one(images, norm, activation, dropout):
+    """float64 (ReLU and max-pooling have kinks, see the module's docstring); the
+    dropout masks are the ones small_cnn draws after set_seed."""
+    x, y = images[0].double(), images[1]
+    lrs, half_lives, seeds, steps = [0.1, 0.05], np.array([10.0, 30.0]), [0, 1], 25
+    model = StackedCNN(2, norm=norm, activation=activation, dropout=dropout, seeds=seeds)
+    log = train_stacked(model.double(), x, y, steps, lrs, batch_size=64, momentum=0.9,
+                        weight_decay=5e-4, schedule=lambda t: 0.5 ** (t / half_lives),
+                        progress=False)
+    for i in range(2):
+        net, losses = cnn_alone((x, y), norm, activation, dropout, seeds[i], lrs[i], steps,
+                                half_lives[i], torch.float64)
+        np.testing.assert_allclose(log["losses"][:, i], losses, **TOL64)
+        assert_same_net(model.net(i), net, **TOL64)
+
+
+def test_cnn_float32_agrees_with_shared_data(images):
+    """Sigmoid, no BN: smooth but for the max-pooling, so float32 agrees to rounding.
+    (With BN the first layer's gradient is a small difference of large terms, which
+    magnifies rounding; float64 checks that case above.)"""
+    model = StackedCNN(2, activation="sigmoid", seeds=[3, 4])
+    log = train_stacked(model, *images, 30, [0.1, 0.05], batch_size=64, data_seeds=0,
+                        momentum=0.9, progress=False)
+    for i, (seed, lr) in enumerate([(3, 0.1), (4, 0.05)]):
+        set_seed(seed)
+        net = models.small_cnn(activation="sigmoid")
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+        _, losses = train.train(net, opt, *images, 30, batch_size=64, seed=0, progress=False)
+        np.testing.assert_allclose(log["losses"][:, i], losses.numpy(), rtol=RTOL, atol=ATOL)
+        assert_same_net(model.net(i), net)
+
+
+@pytest.mark.parametrize("norm", [None, "bn"])
+def test_cnn_initial_weights_are_those_of_small_cnn(norm):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    model = StackedCNN(2, norm=norm, widths=(4, 8), seeds=[5, 6])
+    assert torch.equal(torch.rand(3), expected)  # the global generator is left alone
+    for i, seed in enumerate([5, 6]):
+        torch.manual_seed(seed)
+        net = models.small_cnn(norm=norm, widths=(4, 8))
+        for key, value in net.state_dict().items():
+            assert torch.equal(model.net(i).state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("norm", [None, "bn"])
+@pytest.mark.parametrize("per_net_input", [False, True], ids=["shared-x", "per-net-x"])
+def test_cnn_net_i_computes_what_the_stack_computes(images, norm, per_net_input):
+    x, y = images[0].double(), images[1]  # float64: equal up to 1e-16 rounding
+    model = StackedCNN(3, norm=norm, widths=(4, 8, 8), seeds=SEEDS).double()
+    train_stacked(model, x, y, 10, [0.05, 0.1, 0.2], batch_size=32, progress=False)
+    xb = torch.stack([x[:20], x[20:40], x[40:60]]) if per_net_input else x[:20]
+    for training in (True, False):
+        model.train(training)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            logits, hidden = model(xb, return_hidden=True)
+        assert [h.shape for h in hidden] == [(3, 20, 4, 28, 28), (3, 20, 8, 14, 14),
+                                             (3, 20, 8, 7, 7)]
+        for i in range(3):
+            model.load_state_dict(state)  # forget the statistics of the pass above
+            net = model.net(i)
+            assert net.training == training
+            xi = xb[i] if per_net_input else xb
+            with torch.no_grad():
+                torch.testing.assert_close(net(xi), logits[i], **TOL64)
+                before_activation = net[:2] if norm else net[:1]  # conv, (BN)
+                torch.testing.assert_close(before_activation(xi), hidden[0][i], **TOL64)
+
+
+def test_cnn_bad_input_gives_clear_errors():
+    with pytest.raises(ValueError, match="norm must be None or 'bn'"):
+        StackedCNN(2, norm="ln")
+    with pytest.raises(ValueError, match="dropout must be in"):
+        StackedCNN(2, dropout=1.0)
+    with pytest.raises(ValueError, match="activation"):
+        StackedCNN(2, activation="softsign")
+    model = StackedCNN(2)
+    with pytest.raises(ValueError, match=r"x must be \(B, 1, H, W\) or \(k=2, B, 1, H, W\)"):
+        model(torch.zeros(4, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"got \(4, 784\)"):
+        model(torch.zeros(4, 784))
