@@ -8,7 +8,7 @@ as files and fail when the two mechanisms are bypassed or come apart:
 
 1. every verdict is shown: its key is cited in the notebook's markdown;
 2. no hand-made verdict: ``glue(key, "a" if ... else "b")`` must be a ``verdict`` call;
-3. a verdict has two different literal alternatives and a computed ``holds``;
+3. a verdict has two different alternatives, written out, and a computed ``holds``;
 4. no paragraph that cites a verdict also types one of its alternatives (the glued
    word says "smaller" while the typed sentence beside it says "larger");
 5. guards quote the text: a guard's claim appears in the markdown, so editing the
@@ -145,11 +145,11 @@ class Notebook:
                     continue
                 name, key = _call_name(node), _arg(node, 0, "key")
                 if name in VERDICT_NAMES:
+                    texts = (_arg(node, 2, "if_true"), _arg(node, 3, "if_false"))
                     self.verdicts.append(dict(
                         key=_const_str(key), pattern=_key_pattern(key),
-                        holds=_arg(node, 1, "holds"),
-                        words=(_const_str(_arg(node, 2, "if_true")),
-                               _const_str(_arg(node, 3, "if_false")))))
+                        holds=_arg(node, 1, "holds"), texts=texts,
+                        words=tuple(_const_str(t) for t in texts)))
                     self.glued.append(_key_pattern(key))
                 elif name in GUARD_NAMES:
                     self.guards.append(_const_str(_arg(node, 1, "claim")))
@@ -176,8 +176,9 @@ def load(path):
 
 def check_verdicts_shown(nb):
     cited = {key for _, key in _citations(nb.markdown)}
-    return [f"{nb.name}: verdict {v['key']!r} is computed but never cited in the text"
-            for v in nb.verdicts if v["key"] and v["key"] not in cited]
+    return [f"{nb.name}: verdict {v['key'] or v['pattern']!r} is computed but never cited "
+            f"in the text" for v in nb.verdicts
+            if not any(re.fullmatch(v["pattern"], key) for key in cited)]
 
 
 def check_no_hand_made_verdicts(nb):
@@ -188,11 +189,11 @@ def check_no_hand_made_verdicts(nb):
 def check_verdict_form(nb):
     problems = []
     for v in nb.verdicts:
-        where = f"{nb.name}: verdict {v['key'] or '(computed key)'}"
-        if v["key"] is None:
-            problems.append(f"{where}: the key must be a string literal")
-        if None in v["words"] or v["words"][0] == v["words"][1]:
-            problems.append(f"{where}: needs two different literal alternatives")
+        where = f"{nb.name}: verdict {v['key'] or v['pattern']}"
+        written = all(isinstance(t, (ast.Constant, ast.JoinedStr)) for t in v["texts"])
+        if not written or (None not in v["words"] and v["words"][0] == v["words"][1]):
+            problems.append(f"{where}: needs two different alternatives written out "
+                            f"(string literals or f-strings)")
         if isinstance(v["holds"], ast.Constant):
             problems.append(f"{where}: `holds` is a constant, not a computed fact")
     return problems
@@ -201,16 +202,17 @@ def check_verdict_form(nb):
 def check_no_typed_alternative(nb):
     problems = []
     for v in nb.verdicts:
-        if not v["key"] or None in v["words"]:
+        if None in v["words"]:
             continue
         for para in _paragraphs(nb.markdown):
-            if v["key"] not in {key for _, key in _citations([para])}:
+            if not any(re.fullmatch(v["pattern"], key) for _, key in _citations([para])):
                 continue
             typed = _typed(para)
             for word in v["words"]:
                 if word.strip() and _contains_phrase(typed, word):
                     problems.append(
-                        f"{nb.name}: the paragraph citing verdict {v['key']!r} also types "
+                        f"{nb.name}: the paragraph citing verdict {v['key'] or v['pattern']!r} "
+                        f"also types "
                         f"{word!r}, one of its alternatives: {typed[:80]!r}...")
     return problems
 
