@@ -173,16 +173,17 @@ def train_wide(model, x, y, steps, batch_size, lr, seeds, momentum=0.0, log_ever
         if bad.any():
             diverged |= bad
             lr[diverged] = 0.0
-        grads = torch.autograd.grad(torch.where(diverged, 0.0, loss).sum(),
-                                    list(params.values()))
+        total = torch.where(diverged, 0.0, loss).sum() if diverged.any() else loss.sum()
+        grads = torch.autograd.grad(total, list(params.values()))
         if bad.any() or step == 1:
             rates = model.lr_like(lr)
         with torch.no_grad():
             for (name, p), g in zip(params.items(), grads, strict=True):
-                g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+                if diverged.any():  # a frozen net's gradient may be NaN: keep it out
+                    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
                 if momentum:
                     g = buffers[name].mul_(momentum).add_(g)
-                p.sub_(rates[name] * g)
+                p.addcmul_(rates[name], g, value=-1.0)
         if on_log is not None and log_every and (step % log_every == 0 or step == steps):
             logs.append(on_log(step, model))
             model.train()
