@@ -6,7 +6,7 @@ and guarded (``bnutils.verdict.guard(holds, "the typed claim")`` fails the full 
 when the run contradicts it). These checks read every notebook (and the results page)
 as files and fail when the two mechanisms are bypassed or come apart:
 
-1. every verdict is shown: its key is cited in the notebook's markdown;
+1. every verdict is shown: its key is cited in the notebook's markdown (or from a page);
 2. no hand-made verdict: ``glue(key, "a" if ... else "b")`` must be a ``verdict`` call;
 3. a verdict has two different alternatives, written out, and a computed ``holds``;
 4. no paragraph that cites a verdict also types one of its alternatives (the glued
@@ -174,8 +174,11 @@ def load(path):
 
 # --- the checks: each returns a list of problems ---------------------------------------
 
-def check_verdicts_shown(nb):
+def check_verdicts_shown(nb, others=None):
+    """Cited in the notebook itself, or from another page with ``doc::key``."""
     cited = {key for _, key in _citations(nb.markdown)}
+    for other in (others or {}).values():
+        cited |= {key for doc, key in _citations(other.markdown) if Path(doc).stem == nb.name}
     return [f"{nb.name}: verdict {v['key'] or v['pattern']!r} is computed but never cited "
             f"in the text" for v in nb.verdicts
             if not any(re.fullmatch(v["pattern"], key) for key in cited)]
@@ -266,17 +269,18 @@ def check_cited_keys_exist(nb, others):
     return problems
 
 
-CHECKS = [check_verdicts_shown, check_no_hand_made_verdicts, check_verdict_form,
-          check_no_typed_alternative, check_guards_quote_the_text, check_known_typed_verdicts]
+CHECKS = [check_no_hand_made_verdicts, check_verdict_form, check_no_typed_alternative,
+          check_guards_quote_the_text, check_known_typed_verdicts]
 
 
 def problems_of(nb, others):
-    return [p for check in CHECKS for p in check(nb)] + check_cited_keys_exist(nb, others)
+    return ([p for check in CHECKS for p in check(nb)] + check_verdicts_shown(nb, others)
+            + check_cited_keys_exist(nb, others))
 
 
 @pytest.fixture(scope="module")
 def books():
-    return {p.stem: load(p) for p in NOTEBOOKS}
+    return {p.stem: load(p) for p in NOTEBOOKS + PAGES}
 
 
 # --- the tests ---------------------------------------------------------------------------
