@@ -415,15 +415,22 @@ def figure3_curves(results, reference="baseline", zoom=0.1):
 def panels(x, series, titles, xlabel="step", ylabels=None, logy=(), logx=False, width=3.4):
     """One panel per entry of ``series``; each entry maps a label to ``(y, color)``.
 
-    ``x``: the x values shared by all panels, or a list with one per panel. A label in
-    parentheses, ``"(BN)"``, is drawn dashed. ``logy``: indices of the panels with a log
-    y axis; ``logx``: a base-2 x axis with markers. Returns the figure.
+    ``x``: the x values shared by all panels, or a list with one per panel. ``y``: one
+    value per x, or ``(len(x), n_seeds)`` values, drawn as the mean over the seeds with a
+    band of ± one standard deviation. A label in parentheses, ``"(BN)"``, is drawn
+    dashed. ``logy``: indices of the panels with a log y axis; ``logx``: a base-2 x axis
+    with markers. Returns the figure.
     """
     fig, axes = plt.subplots(1, len(series), figsize=(width * len(series), 3.2), squeeze=False)
     for k, (ax, panel) in enumerate(zip(axes[0], series, strict=True)):
         for label, (y, color) in panel.items():
             xs = x[k] if isinstance(x, list) else x
             style = "--" if label.startswith("(") else "-"
+            y = np.asarray(y, dtype=float)
+            if y.ndim == 2:  # seeds: mean and a band of one standard deviation
+                sd = y.std(1, ddof=1) if y.shape[1] > 1 else np.zeros(len(y))
+                y = y.mean(1)
+                ax.fill_between(xs, y - sd, y + sd, color=color, alpha=0.2, lw=0)
             ax.plot(xs, y, style, color=color, label=label.strip("()"), marker="o" if logx else None,
                     ms=3)
         ax.set_title(titles[k], fontsize=10)

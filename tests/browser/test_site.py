@@ -151,3 +151,53 @@ def test_page(site, browser, report, page):
     assert not outside, f"{page}: requests leaving the machine: {outside}"
     checks["console errors"] = 0
     report[page] = checks
+
+
+def _gated_solutions_with_code(page):
+    """How many gated solutions of the page's notebook run code (from the source)."""
+    path = Path(__file__).resolve().parents[2] / Path(page).with_suffix(".ipynb")
+    if not path.exists():
+        return 0
+    count, inside, has_code = 0, False, False
+    for cell in json.loads(path.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and "{solution-start}" in source:
+            inside, has_code = True, False
+        elif cell["cell_type"] == "code" and inside:
+            has_code = True
+        if cell["cell_type"] == "markdown" and "{solution-end}" in source:
+            count += has_code
+            inside = False
+    return count
+
+
+@pytest.mark.parametrize("page", [p for p in _pages() if p.startswith("notebooks/")])
+def test_solutions_stay_hidden_until_opened(site, browser, page):
+    """A solution's text, code and output are hidden until its dropdown is opened."""
+    _, base = site
+    context, tab, _, _ = _load(browser, base, page, "light")
+    solutions = tab.locator("div.solution.admonition")
+    with_code = 0
+    for i in range(solutions.count()):
+        solution = solutions.nth(i)
+        name = f"{page}, solution {i + 1}"
+        assert "dropdown" in (solution.get_attribute("class") or ""), f"{name}: not a dropdown"
+        body = solution.locator(":scope > :not(.admonition-title)")
+        outputs = solution.locator(".cell_output")
+        assert body.count() > 0, f"{name}: empty"
+        hidden = [not body.nth(j).is_visible() for j in range(body.count())]
+        assert all(hidden), f"{name}: content visible before the dropdown is opened"
+        # the chevron a reader clicks (the title's text is a link to the exercise)
+        solution.locator(":scope > .admonition-title button.toggle-button").click()
+        for j in range(body.count()):
+            body.nth(j).wait_for(state="visible", timeout=5000)
+        for j in range(outputs.count()):
+            assert outputs.nth(j).is_visible(), f"{name}: output {j + 1} not shown when opened"
+        with_code += solution.locator(".cell").count() > 0
+    escaped = tab.evaluate("""() => Array.from(document.querySelectorAll('div.solution'))
+        .filter(s => s.nextElementSibling && s.nextElementSibling.classList.contains('cell'))
+        .length""")
+    assert escaped == 0, f"{page}: {escaped} code cell(s) right after a solution, outside it"
+    assert with_code == _gated_solutions_with_code(page), \
+        f"{page}: {with_code} solutions render code, the notebook has {_gated_solutions_with_code(page)}"
+    context.close()
