@@ -17,7 +17,7 @@ export BNUTILS_RESULTS ?= $(CURDIR)/_cache/results
 # loop there; unset (make lab, Colab, a terminal), it draws live bars.
 SUMMARY := BNBOOK_PROGRESS=summary
 
-.PHONY: book test lab bench install clean
+.PHONY: book test lab bench mutate install clean
 
 book: $(STAMP)
 	rm -rf _build/html
@@ -49,6 +49,14 @@ lab: $(STAMP)
 # (with the machine it ran on) is what the book's benchmarks appendix shows.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --out benchmarks/results/report.md
+
+# Mutation testing (tools/mutate.py): do the tests of bn, layers, cache, inference and norms
+# notice small changes to their code? Minutes of CPU, so not part of `make test`; it needs
+# mutmut (requirements-mutate.txt) and writes benchmarks/results/mutation.md, which the
+# benchmarks appendix shows. One module: make mutate MUTATE_ARGS="--module bn".
+mutate: $(STAMP)
+	$(PY) -m pip install -q -r requirements-mutate.txt
+	$(PY) tools/mutate.py $(MUTATE_ARGS)
 
 install: $(STAMP)
 

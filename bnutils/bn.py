@@ -40,11 +40,17 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
     The variance is the mean of squared deviations from the mean (two passes, the mean
     corrected once), not E[x^2] - E[x]^2, which cancels catastrophically when a feature's
     mean is large: with a mean of 1e4 in float32 the output stays within about 1e-5 of
-    a float64 computation. Raises ``ValueError`` for an input that is not 2-d or 4-d, for
-    a single value per feature, for ``gamma``/``beta`` of the wrong shape, and for NaN or
-    infinite values.
+    a float64 computation. Integer input is computed in float64 (``y`` and the cache are
+    float64; in the input's dtype, gamma = 0.5 would become 0). Raises ``ValueError`` for
+    an input that is not 2-d or 4-d, for a single value per feature, for ``gamma``/``beta``
+    of the wrong shape, and for NaN or infinite values; ``TypeError`` for complex or
+    non-numeric input.
     """
     x = np.asarray(x)
+    if x.dtype.kind in "biu":  # bool or integer: normalized values are fractions
+        x = x.astype(np.float64)
+    elif x.dtype.kind != "f":
+        raise TypeError(f"x must hold real numbers, got dtype {x.dtype}")
     axes, shape = _axes(x)
     _check_params(x, gamma, beta)
     m = x.size // x.shape[1]

@@ -10,16 +10,26 @@ from torch.autograd.function import once_differentiable
 # --- Chapter 3: a custom autograd Function with the compact backward pass -------------
 
 
-def _stat_dims(x):
-    """The dims a statistic is taken over, and the shape that broadcasts a per-feature vector."""
+def _feature_shape(x):
+    """The shape that broadcasts a per-feature vector over ``x: (N, D)`` or ``(N, C, H, W)``."""
     if x.dim() == 2:
-        return (0,), (1, -1)
+        return (1, -1)
     if x.dim() == 4:
-        return (0, 2, 3), (1, -1, 1, 1)
+        return (1, -1, 1, 1)
     raise ValueError(
         f"expected x of shape (N, D) or (N, C, H, W), got {x.dim()}-d input of shape "
         f"{tuple(x.shape)}"
     )
+
+
+def _accumulation_dtype(t):
+    """float32 for half-precision tensors, else their own dtype.
+
+    A float16 sum of squares overflows (its largest value is 65504) and bfloat16 keeps 8
+    bits of mantissa, so half-precision statistics are accumulated in float32, as PyTorch
+    does.
+    """
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
 def _feature_sum(t):
@@ -46,7 +56,9 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps=1e-5):
-        _, shape = _stat_dims(x)
+        shape = _feature_shape(x)
+        dtype = x.dtype
+        x = x.to(_accumulation_dtype(x))  # a no-op for float32 and float64
         # Two passes (the mean, then the mean of squared deviations) as in bnutils.bn; on
         # the CPU this is also faster than torch.var_mean over these dims. y's memory
         # holds the squared deviations first, so the forward pass allocates two tensors.
@@ -57,14 +69,16 @@ class BatchNormFunction(torch.autograd.Function):
         x_hat = xmu.mul_(inv_std)
         torch.addcmul(beta.view(shape), x_hat, gamma.view(shape), out=y)
         ctx.save_for_backward(x_hat, gamma, inv_std)
-        return y
+        return y.to(dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x_hat, gamma, inv_std = ctx.saved_tensors
-        _, shape = _stat_dims(dy)
+        x_hat, gamma, inv_std = ctx.saved_tensors  # x_hat, inv_std: float32 for half x
+        shape = _feature_shape(dy)
         m = dy.numel() // dy.shape[1]
+        # half-precision dy: sum in float32 too; autograd casts the gradients back
+        dy = dy.to(x_hat.dtype)
         dbeta = _feature_sum(dy)
         dx = torch.mul(dy, x_hat)
         dgamma = _feature_sum(dx)
@@ -82,7 +96,7 @@ def batch_norm(x, gamma, beta, eps=1e-5):
     ``x: (N, D)`` or ``(N, C, H, W)``; ``gamma, beta: (D,)`` or ``(C,)``. Checks the
     shapes and the batch size, which the bare Function does not. Derived in notebook 03.
     """
-    _stat_dims(x)
+    _feature_shape(x)  # raises for input that is not 2-d or 4-d
     for name, p in (("gamma", gamma), ("beta", beta)):
         if p.shape != (x.shape[1],):
             raise ValueError(f"{name} must have shape ({x.shape[1]},), one value per feature "
@@ -169,13 +183,19 @@ class _BatchNorm(nn.Module):
         raise NotImplementedError
 
     def forward(self, x):
-        """``x: (N, C, ...)`` -> ``y`` of the same shape, normalized per channel ``C``."""
+        """``x: (N, C, ...)`` -> ``y`` of the same shape, normalized per channel ``C``.
+
+        Half-precision input to a float32 layer (what ``torch.autocast`` produces) is
+        normalized in float32, like ``torch.nn``'s layers, and ``y`` has the dtype of ``x``.
+        """
         self._check_input_dim(x)
         if x.shape[1] != self.num_features:
             raise ValueError(f"expected {self.num_features} features in dimension 1 of the "
                              f"input, got input of shape {tuple(x.shape)}")
         axes = (0, *range(2, x.ndim))  # every axis but the channel's
         shape = (1, -1) + (1,) * (x.ndim - 2)  # broadcasts a per-channel vector
+        dtype = x.dtype
+        x = x.to(_accumulation_dtype(x))  # a no-op for float32 and float64
         # without running statistics, batch statistics are used in eval mode too
         use_batch_stats = self.training or self.running_mean is None
         if use_batch_stats:
@@ -183,27 +203,33 @@ class _BatchNorm(nn.Module):
             if m == 1:
                 raise ValueError(f"Expected more than 1 value per channel when training, "
                                  f"got input size {tuple(x.shape)}")
-            mean = x.mean(dim=axes)
-            var = x.var(dim=axes, correction=0)  # biased: Algorithm 1 normalizes with it
+            if m == 0:  # an empty batch (N = 0) has no statistics, and an empty output
+                mean, var = x.new_zeros(x.shape[1]), x.new_ones(x.shape[1])
+            else:
+                mean = x.mean(dim=axes)
+                var = x.var(dim=axes, correction=0)  # biased: Algorithm 1 normalizes with it
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var, m)
         else:
             mean, var = self.running_mean, self.running_var
         x_hat = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
-        if not self.affine:
-            return x_hat
-        return self.weight.reshape(shape) * x_hat + self.bias.reshape(shape)
+        y = self.weight.reshape(shape) * x_hat + self.bias.reshape(shape) if self.affine else x_hat
+        return y.to(dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean, var, m):
         """running = (1 - momentum) running + momentum batch; momentum None: the plain mean."""
         self.num_batches_tracked += 1
+        if m == 0:  # torch.nn counts an empty batch but moves no statistic; so do we
+            return
         if self.momentum is None:  # cumulative average of all batches so far
             factor = 1.0 / self.num_batches_tracked.item()
         else:
             factor = self.momentum
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(var * m / (m - 1), factor)  # unbiased, as in Algorithm 2
+        # unbiased, as in Algorithm 2; .to(): the statistics of half-precision input are
+        # float32, while a layer converted with .half() keeps float16 buffers
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_((var * m / (m - 1)).to(self.running_var.dtype), factor)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -246,16 +272,18 @@ def fold_batchnorm(layer, bn):
     if bn.running_mean is None:
         raise ValueError("bn has no running statistics (track_running_stats=False): it always "
                          "normalizes with batch statistics, so it cannot be folded")
+    # skip_init: the weights are overwritten below, so drawing initial ones would only
+    # advance the global random generator and change what a seeded program draws next
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     if isinstance(layer, nn.Linear):
         out = layer.out_features
-        folded = nn.Linear(layer.in_features, out, bias=True,
-                           device=layer.weight.device, dtype=layer.weight.dtype)
+        folded = nn.utils.skip_init(nn.Linear, layer.in_features, out, bias=True, **factory)
     elif isinstance(layer, nn.Conv2d):
         out = layer.out_channels
-        folded = nn.Conv2d(layer.in_channels, out, layer.kernel_size, stride=layer.stride,
-                           padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                           bias=True, padding_mode=layer.padding_mode,
-                           device=layer.weight.device, dtype=layer.weight.dtype)
+        folded = nn.utils.skip_init(
+            nn.Conv2d, layer.in_channels, out, layer.kernel_size, stride=layer.stride,
+            padding=layer.padding, dilation=layer.dilation, groups=layer.groups, bias=True,
+            padding_mode=layer.padding_mode, **factory)
     else:
         raise TypeError(f"layer must be nn.Linear or nn.Conv2d, got {type(layer).__name__}")
     if bn.num_features != out:

@@ -22,6 +22,15 @@ def _check_channels(x, num_channels, name):
         raise ValueError(f"{name} expects input (N, {num_channels}, ...), got shape {tuple(x.shape)}")
 
 
+def _values_per_channel(x, where=""):
+    """m, the number of values per channel in the batch ``x``; at least two when training."""
+    m = x.numel() // x.shape[1]
+    if m == 1:  # the variance of one value is 0: the output would be beta, whatever x is
+        raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                         f"size {tuple(x.shape)}{where}")
+    return m
+
+
 class LayerNorm(nn.Module):
     """Normalize each example over its last ``len(normalized_shape)`` dimensions.
 
@@ -152,8 +161,9 @@ class BatchRenorm(_RunningStats):
 
     def forward(self, x):
         axes, s = self._axes(x), self._shape(x)
-        if not self.training:
+        if not self.training or x.numel() == 0:  # an empty batch has no statistics to use
             return self._eval(x)
+        m = _values_per_channel(x)
         mean = x.mean(axes)
         var = x.var(axes, unbiased=False)
         std = torch.sqrt(var + self.eps)
@@ -163,8 +173,7 @@ class BatchRenorm(_RunningStats):
             r = (std / running_std).clamp(1.0 / r_max, r_max)
             d = ((mean - self.running_mean) / running_std).clamp(-d_max, d_max)
         x_hat = (x - mean.view(s)) / std.view(s) * r.view(s) + d.view(s)
-        m = x.numel() // x.shape[1]
-        self._update(mean.detach(), var.detach() * m / max(m - 1, 1))
+        self._update(mean.detach(), var.detach() * m / (m - 1))
         return _affine(x_hat, self.gamma, self.beta)
 
 
@@ -174,7 +183,9 @@ class GhostBatchNorm(_RunningStats):
     In training, the batch is cut into consecutive chunks of ``virtual_batch_size``
     examples (the last may be smaller) and each chunk is normalized with its own
     ``mu_B, sigma_B^2``, as if it were a separate mini-batch. The running statistics
-    move once per step, towards the average over the chunks. ``x: (N, C, ...)``.
+    move once per step, towards the average over the chunks. ``x: (N, C, ...)``. Like
+    PyTorch's layers it refuses a chunk of a single value per channel (a last chunk of
+    one example, for ``(N, C)`` input): its output would be beta, whatever its input.
     """
 
     def __init__(self, num_features, virtual_batch_size, eps=1e-5, momentum=0.1):
@@ -185,15 +196,16 @@ class GhostBatchNorm(_RunningStats):
 
     def forward(self, x):
         axes, s = self._axes(x), self._shape(x)
-        if not self.training:
+        if not self.training or x.numel() == 0:  # an empty batch has no statistics to use
             return self._eval(x)
         outs, means, vars_ = [], [], []
         for chunk in x.split(self.virtual_batch_size):
+            m = _values_per_channel(chunk, f" (the last virtual batch of {tuple(x.shape)}, cut "
+                                           f"into batches of {self.virtual_batch_size})")
             mean = chunk.mean(axes)
             var = chunk.var(axes, unbiased=False)
             outs.append((chunk - mean.view(s)) / torch.sqrt(var.view(s) + self.eps))
-            m = chunk.numel() // chunk.shape[1]
             means.append(mean.detach())
-            vars_.append(var.detach() * m / max(m - 1, 1))
+            vars_.append(var.detach() * m / (m - 1))
         self._update(torch.stack(means).mean(0), torch.stack(vars_).mean(0))
         return _affine(torch.cat(outs), self.gamma, self.beta)

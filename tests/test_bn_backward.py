@@ -4,6 +4,8 @@ Checked against centred finite differences, against torch.autograd on F.batch_no
 against each other; plus the structure of the gradient (sum zero, orthogonal to x_hat).
 """
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -165,14 +167,81 @@ def test_module_matches_batchnorm1d_in_training():
 
 def test_function_errors():
     gamma, beta = torch.ones(3), torch.zeros(3)
-    with pytest.raises(ValueError, match=r"\(N, D\) or \(N, C, H, W\)"):
+    def raises(message):
+        return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
+
+    with raises("expected x of shape (N, D) or (N, C, H, W), got 3-d input of shape (4, 3, 5)"):
         batch_norm(torch.randn(4, 3, 5), gamma, beta)
-    with pytest.raises(ValueError, match="gamma must have shape"):
+    with raises("gamma must have shape (3,), one value per feature of x (4, 3); got (2,)"):
         batch_norm(torch.randn(4, 3), torch.ones(2), beta)
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
+    with raises("beta must have shape (3,), one value per feature of x (4, 3); got (3, 1)"):
+        batch_norm(torch.randn(4, 3), gamma, torch.zeros(3, 1))
+    with raises("Expected more than 1 value per channel when training, got input of shape "
+                "(1, 3)"):
         batch_norm(torch.randn(1, 3), gamma, beta)
     # the hand-written backward is not itself differentiable: say so instead of a wrong answer
     x, dy = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
     (dx,) = torch.autograd.grad(batch_norm(x, gamma, beta), x, dy, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         dx.sum().backward()
+
+
+def _half_problem(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 4, 32, 32, generator=g) * 3 + 2).to(dtype)
+    gamma = (torch.rand(4, generator=g) + 0.5).to(dtype)
+    beta = torch.randn(4, generator=g).to(dtype)
+    # an offset: sum(dy), dbeta, is about 2 * 64 * 32 * 32, beyond float16's range too
+    dy = (2 + torch.randn(x.shape, generator=g)).to(dtype)
+    return x, gamma, beta, dy
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_function_accumulates_half_precision_in_float32(dtype):
+    # 64 * 32 * 32 squares of values near 4 sum to ~1e6: float16 overflows (max 65504)
+    x, gamma, beta, dy = _half_problem(dtype)
+    leaves = [t.double().requires_grad_() for t in (x, gamma, beta)]
+    exact = F.batch_norm(leaves[0], None, None, *leaves[1:], training=True)
+    exact_grads = torch.autograd.grad(exact, leaves, dy.double())
+
+    def errors(fn):
+        inputs = [t.clone().requires_grad_() for t in (x, gamma, beta)]
+        y = fn(*inputs)
+        grads = torch.autograd.grad(y, inputs, dy)
+        assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
+        return [((a.double() - e).abs().max() / e.abs().max()).item()
+                for a, e in zip((y, *grads), (exact, *exact_grads), strict=True)]
+
+    ours = errors(batch_norm)
+    native = errors(lambda x, g, b: F.batch_norm(x, None, None, g, b, training=True))
+    # no worse than PyTorch's own kernel (which accumulates in float32), to rounding
+    for a, b in zip(ours, native, strict=True):
+        assert a <= 1.5 * b + 1e-6, (ours, native)
+
+
+def test_default_eps_is_torchs():
+    # low variance (1e-6), so that eps = 1e-5 matters
+    x = 1 + 1e-3 * torch.randn(32, 5, dtype=torch.float64)
+    gamma, beta = torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    native = F.batch_norm(x, None, None, gamma, beta, training=True)
+    torch.testing.assert_close(BatchNormFunction.apply(x, gamma, beta), native)
+    torch.testing.assert_close(batch_norm(x, gamma, beta), native)
+    torch.testing.assert_close(BatchNormAutograd(5).double()(x),
+                               nn.BatchNorm1d(5).double()(x))
+
+
+@pytest.mark.parametrize("shape", [(16, 3), (4, 3, 2, 2)])
+def test_eps_is_passed_on(shape):
+    x = 1 + 1e-2 * torch.randn(shape, dtype=torch.float64)
+    gamma, beta = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    native = F.batch_norm(x, None, None, gamma, beta, training=True, eps=0.1)
+    torch.testing.assert_close(batch_norm(x, gamma, beta, eps=0.1), native)
+    torch.testing.assert_close(BatchNormAutograd(3, eps=0.1).double()(x), native)
+
+
+def test_function_with_float64_parameters_keeps_the_dtype_of_x():
+    x = torch.randn(16, 3) * 2 + 1
+    gamma, beta = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
+    y = batch_norm(x, gamma, beta)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, batch_norm(x, gamma.float(), beta.float()))

@@ -1,5 +1,7 @@
 """bnutils.bn.batchnorm_forward (Algorithm 1) against torch.nn and the paper's properties."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,10 @@ def test_large_mean_keeps_float32_precision(shape):
                                        beta.astype(np.float64))
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5)
     np.testing.assert_allclose(cache["var"], ref_cache["var"], rtol=1e-5)
+    # the corrected mean is the float64 mean rounded to float32 (within an ulp of 1e4,
+    # 1e-3); the uncorrected one is several ulps off
+    np.testing.assert_allclose(cache["mean"], ref_cache["mean"], rtol=0,
+                               atol=np.spacing(np.float32(1e4)))
     axes = cache["axes"]
     naive = (x * x).mean(axis=axes) - x.mean(axis=axes) ** 2
     assert np.abs(naive - ref_cache["var"]).max() > 0.1  # the formula we avoid fails here
@@ -137,6 +143,15 @@ def test_batch_of_one_is_rejected_like_pytorch(shape):
         F.batch_norm(torch.ones(shape), None, None, training=True)
 
 
+@pytest.mark.parametrize("shape", [(2, 4), (2, 4, 1, 1)])
+def test_batch_of_two_is_accepted(shape):
+    x, gamma, beta = draw(shape, np.float64)
+    y, _ = batchnorm_forward(x, gamma, beta)
+    ref = F.batch_norm(torch.from_numpy(x), None, None, torch.from_numpy(gamma),
+                       torch.from_numpy(beta), training=True)
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-12)
+
+
 def test_one_example_with_several_pixels_is_fine():
     x, gamma, beta = draw((1, 2, 3, 3), np.float64)  # m = 1 * 3 * 3 values per channel
     y, _ = batchnorm_forward(x, gamma, beta)
@@ -150,7 +165,7 @@ def test_one_example_with_several_pixels_is_fine():
 def test_mismatched_gamma_beta_shapes_are_rejected(name, bad):
     params = {"gamma": np.ones(4), "beta": np.zeros(4)}
     params[name] = np.ones(bad)
-    with pytest.raises(ValueError, match=rf"{name} must have shape \(4,\)"):
+    with pytest.raises(ValueError, match=rf"{name} must have shape \(4,\).*got {re.escape(str(bad))}"):
         batchnorm_forward(np.ones((8, 4)), **params)
 
 
@@ -158,5 +173,29 @@ def test_mismatched_gamma_beta_shapes_are_rejected(name, bad):
 def test_non_finite_input_is_rejected(value):
     x = np.ones((8, 4))
     x[3, 2] = value
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(1 of 32, the first at index "
+                                         r"\(3, 2\)\)"):
         batchnorm_forward(x, np.ones(4), np.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.bool_])
+def test_integer_input_is_computed_in_floating_point(dtype):
+    x = np.array([[0, 1], [1, 3], [1, 5], [0, 7]]).astype(dtype)
+    gamma, beta = np.array([0.5, 2.0]), np.array([0.25, -1.0])  # 0.5 and 0.25 would be 0
+    y, cache = batchnorm_forward(x, gamma, beta)
+    expected, _ = batchnorm_forward(x.astype(np.float64), gamma, beta)
+    assert y.dtype == np.float64 and cache["gamma"].dtype == np.float64
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(y[:, 0], 0.25 + 0.5 * np.array([-1, 1, 1, -1]) / np.sqrt(1 + 4e-5))
+
+
+def test_non_real_input_is_rejected():
+    with pytest.raises(TypeError, match="real numbers"):
+        batchnorm_forward(np.ones((4, 2), dtype=complex), np.ones(2), np.zeros(2))
+
+
+def test_gamma_and_beta_take_the_dtype_of_x():
+    x, gamma, beta = draw((16, 3), np.float32)
+    y, cache = batchnorm_forward(x, gamma.astype(np.float64), beta.astype(np.float64))
+    assert y.dtype == np.float32 and cache["gamma"].dtype == np.float32
+    np.testing.assert_allclose(y, batchnorm_forward(x, gamma, beta)[0], rtol=0, atol=0)

@@ -1,23 +1,27 @@
-"""bnutils.layers (chapter 4): BatchNorm1d/2d against torch.nn, folding, Algorithm 2."""
+"""bnutils.layers (chapter 4): BatchNorm1d/2d against torch.nn, and folding BN into a layer.
+
+Algorithm 2 (bnutils.inference) is tested in test_inference.py.
+"""
 
 import itertools
+import re
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from bnutils import layers
-from bnutils.inference import (
-    MovingAverages,
-    batchnorm_layers,
-    population_statistics,
-    set_statistics,
-)
 
 OPTIONS = list(itertools.product([0.1, None], [True, False], [True, False]))
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-11, "atol": 1e-11}}
 SHAPES = {"1d": [(16, 5), (8, 5, 7)], "2d": [(6, 5, 4, 3)]}
 CLASSES = {"1d": (layers.BatchNorm1d, nn.BatchNorm1d), "2d": (layers.BatchNorm2d, nn.BatchNorm2d)}
+
+
+def raises(exc, message):
+    """``pytest.raises`` for exactly ``message``: a changed word in an error is noticed."""
+    return pytest.raises(exc, match=f"^{re.escape(message)}$")
 
 
 def _pair(kind, dtype, **options):
@@ -83,15 +87,17 @@ def test_reset_running_stats():
     assert bn.num_batches_tracked.item() == 0
 
 
-@pytest.mark.parametrize(("cls", "shape", "match"), [
-    (layers.BatchNorm1d, (4, 3, 2, 2), "expected 2D or 3D input"),
-    (layers.BatchNorm1d, (4,), "expected 2D or 3D input"),
-    (layers.BatchNorm2d, (4, 3), "expected 4D input"),
-    (layers.BatchNorm1d, (4, 7), "expected 3 features"),
-    (layers.BatchNorm2d, (4, 2, 5, 5), "expected 3 features"),
+@pytest.mark.parametrize(("cls", "shape", "message"), [
+    (layers.BatchNorm1d, (4, 3, 2, 2), "expected 2D or 3D input (got 4D input)"),
+    (layers.BatchNorm1d, (4,), "expected 2D or 3D input (got 1D input)"),
+    (layers.BatchNorm2d, (4, 3), "expected 4D input (got 2D input)"),
+    (layers.BatchNorm1d, (4, 7), "expected 3 features in dimension 1 of the input, got input "
+                                 "of shape (4, 7)"),
+    (layers.BatchNorm2d, (4, 2, 5, 5), "expected 3 features in dimension 1 of the input, got "
+                                       "input of shape (4, 2, 5, 5)"),
 ])
-def test_bad_input_raises(cls, shape, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input_raises(cls, shape, message):
+    with raises(ValueError, message):
         cls(3)(torch.randn(shape))
 
 
@@ -100,7 +106,7 @@ def test_bad_input_raises(cls, shape, match):
 ])
 def test_batch_of_one(cls, shape):
     message = "Expected more than 1 value per channel when training"
-    with pytest.raises(ValueError, match=message):
+    with raises(ValueError, f"{message}, got input size {shape}"):
         cls(3)(torch.randn(shape))
     with pytest.raises(ValueError, match=message):  # torch.nn says the same
         getattr(nn, cls.__name__)(3)(torch.randn(shape))
@@ -110,11 +116,134 @@ def test_batch_of_one(cls, shape):
     x = torch.randn(shape)
     torch.testing.assert_close(bn(x), x / (1 + bn.eps) ** 0.5)
     cls(3)(torch.randn(2, *shape[1:]))  # a batch of two, or one image of 2 pixels, is fine
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(layers.batch_norm(x, torch.ones(3), torch.zeros(3)),
+                               nn.functional.batch_norm(x, None, None, training=True))
 
 
 def test_bad_momentum():
-    with pytest.raises(ValueError, match="momentum"):
+    with raises(ValueError, "momentum must be in [0, 1] or None, got 1.5"):
         layers.BatchNorm1d(3, momentum=1.5)
+    with raises(ValueError, "momentum must be in [0, 1] or None, got -0.1"):
+        layers.BatchNorm1d(3, momentum=-0.1)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0])
+def test_momentum_at_the_ends_of_its_range(momentum):
+    # 0: the running statistics never move; 1: they are the last batch's
+    torch.manual_seed(0)
+    ours, ref = _pair("1d", torch.float64, momentum=momentum)
+    for _ in range(3):
+        _compare(ours.train(), ref.train(), 2.0 * torch.randn(16, 5, dtype=torch.float64) + 1,
+                 TOL[torch.float64])
+    assert ours.running_mean.eq(0).all() == (momentum == 0.0)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_defaults_are_torchs(kind):
+    # Low-variance input, so that a different eps shows (sigma^2 = 1e-6, eps = 1e-5), and
+    # several batches, so that a different momentum shows in the running statistics.
+    ours_cls, torch_cls = CLASSES[kind]
+    ours, ref = ours_cls(5), torch_cls(5)
+    assert (ours.eps, ours.momentum, ours.affine, ours.track_running_stats) == (
+        ref.eps, ref.momentum, ref.affine, ref.track_running_stats)
+    shape = SHAPES[kind][0]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = 1 + 1e-3 * torch.randn(shape, generator=g, dtype=torch.float64)
+        _compare(ours.double().train(), ref.double().train(), x, TOL[torch.float64])
+    _compare(ours.eval(), ref.eval(), x, TOL[torch.float64])
+
+
+def test_reset_parameters():
+    bn = layers.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.fill_(2.0)
+        bn.bias.fill_(-1.0)
+    bn(torch.randn(4, 3, 2, 2) + 5)
+    bn.reset_parameters()
+    assert bn.weight.eq(1).all() and bn.bias.eq(0).all()
+    assert bn.running_mean.eq(0).all() and bn.running_var.eq(1).all()
+    assert bn.num_batches_tracked.item() == 0
+    for options in ({"affine": False}, {"track_running_stats": False}):
+        bare = layers.BatchNorm2d(3, **options)
+        bare.reset_parameters()  # nothing to reset, and no error
+        assert bare.state_dict().keys() == nn.BatchNorm2d(3, **options).state_dict().keys()
+
+
+def test_without_running_statistics_the_buffers_are_none():
+    bn = layers.BatchNorm1d(3, track_running_stats=False)
+    assert bn.running_mean is None and bn.running_var is None
+    assert bn.num_batches_tracked is None
+    bn.reset_running_stats()  # nothing to reset, and no error
+    assert dict(bn.named_buffers()) == {}
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize(("kind", "shape"), [("1d", (0, 5)), ("1d", (0, 5, 7)), ("1d", (4, 5, 0)),
+                                             ("2d", (0, 5, 4, 3))])
+def test_empty_batch_leaves_the_running_statistics(kind, shape, momentum):
+    torch.manual_seed(0)
+    ours, ref = _pair(kind, torch.float32, momentum=momentum)
+    full = (8, 5) + shape[2:] if shape[0] == 0 else (8, 5, 3)
+    _compare(ours, ref, torch.randn(full), TOL[torch.float32])
+    before = ours.running_mean.clone(), ours.running_var.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.nn does not warn either
+        y = ours(torch.randn(shape))
+    assert y.shape == shape
+    torch.testing.assert_close((ours.running_mean, ours.running_var), before, rtol=0, atol=0)
+    # torch.nn counts the empty batch all the same: the state dicts agree, then and after
+    ref(torch.randn(shape))
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value)
+    _compare(ours, ref, torch.randn(full), TOL[torch.float32])
+    _compare(ours.eval(), ref.eval(), torch.randn(shape), TOL[torch.float32])
+
+
+HALF = [torch.float16, torch.bfloat16]
+HALF_TOL = {torch.float16: {"rtol": 2e-3, "atol": 4e-3}, torch.bfloat16: {"rtol": 1e-2, "atol": 3e-2}}
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_half_precision_input_to_a_float32_layer(kind, dtype):
+    # what torch.autocast produces: float32 parameters and buffers, half-precision input
+    torch.manual_seed(0)
+    ours, ref = _pair(kind, torch.float32)
+    for shape in SHAPES[kind]:
+        for train in (True, False, True):
+            x = (3.0 + 2.0 * torch.randn(shape)).to(dtype)
+            ya, yb = ours.train(train)(x.requires_grad_()), ref.train(train)(x)
+            assert ya.dtype == yb.dtype == dtype
+            torch.testing.assert_close(ya, yb, **HALF_TOL[dtype])
+            (dx,) = torch.autograd.grad(ya.float().square().sum(), x)
+            assert dx.dtype == dtype
+            for key, value in ref.state_dict().items():  # float32, and computed in float32
+                assert ours.state_dict()[key].dtype == value.dtype
+                torch.testing.assert_close(ours.state_dict()[key], value, rtol=1e-5, atol=1e-5)
+
+
+def test_under_autocast_like_torch():
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 5)
+    ours, ref = _pair("1d", torch.float32)
+    x = torch.randn(32, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya, yb = ours(linear(x)), ref(linear(x))
+    assert ya.dtype == yb.dtype == torch.bfloat16
+    torch.testing.assert_close(ya, yb, **HALF_TOL[torch.bfloat16])
+    torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_layer():
+    # a layer converted with .half() keeps float16 buffers, updated from float32 statistics
+    ours, ref = _pair("2d", torch.float32)
+    ours, ref = ours.half(), ref.half()
+    x = (3.0 + 2.0 * torch.randn(6, 5, 4, 3)).half()
+    torch.testing.assert_close(ours(x), ref(x), **HALF_TOL[torch.float16])
+    assert ours.running_var.dtype == torch.float16
+    torch.testing.assert_close(ours.running_var, ref.running_var, **HALF_TOL[torch.float16])
 
 
 # --- folding --------------------------------------------------------------------------
@@ -122,7 +251,7 @@ def test_bad_momentum():
 
 def _trained_bn(bn_cls, n, x):
     """A BN layer with non-trivial gamma, beta and running statistics, in eval mode."""
-    bn = bn_cls(n, momentum=None)
+    bn = bn_cls(n, momentum=None, device=x.device, dtype=x.dtype)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 2.0)
         bn.bias.normal_()
@@ -179,17 +308,56 @@ def test_fold_without_affine_float64():
                                    rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+def test_fold_conv2d_keeps_padding_mode_and_dtype(padding_mode):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode=padding_mode, dtype=torch.float64)
+    u = torch.randn(8, 3, 6, 6, dtype=torch.float64) * 2 + 1
+    bn = _trained_bn(nn.BatchNorm2d, 4, conv(u).detach())
+    folded = layers.fold_batchnorm(conv, bn)
+    assert folded.padding_mode == padding_mode and folded.weight.dtype == torch.float64
+    torch.testing.assert_close(folded(u), bn(conv(u)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(6, 4), lambda: nn.Conv2d(3, 4, 3)])
+def test_fold_does_not_draw_from_the_global_generator(make):
+    layer, bn = make(), _trained_bn(nn.BatchNorm1d, 4, torch.randn(16, 4)).eval()
+    torch.manual_seed(0)
+    expected = torch.rand(5)
+    torch.manual_seed(0)
+    layers.fold_batchnorm(layer, bn)
+    torch.testing.assert_close(torch.rand(5), expected, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda():
+    # the device= arguments only matter off the CPU: folded layers and buffers stay there
+    cuda = torch.device("cuda")
+    bn = layers.BatchNorm1d(4, device=cuda)
+    assert {t.device.type for t in bn.state_dict().values()} == {"cuda"}
+    x = torch.randn(16, 4, device=cuda)
+    ref = nn.BatchNorm1d(4, device=cuda)
+    _compare(bn, ref, x, TOL[torch.float32])
+    _compare(bn, ref, x.half(), HALF_TOL[torch.float16])
+    bn.eval()
+    for layer in (nn.Linear(6, 4, device=cuda), nn.Conv2d(3, 4, 3, device=cuda)):
+        folded = layers.fold_batchnorm(layer, bn)
+        assert {p.device.type for p in folded.parameters()} == {"cuda"}
+
+
 def test_fold_errors():
     linear = nn.Linear(4, 3)
-    with pytest.raises(ValueError, match="training mode"):
+    with raises(ValueError, "bn is in training mode, where it normalizes with batch statistics "
+                            "that no fixed layer can reproduce; call bn.eval() first"):
         layers.fold_batchnorm(linear, nn.BatchNorm1d(3))
-    with pytest.raises(ValueError, match="no running statistics"):
+    with raises(ValueError, "bn has no running statistics (track_running_stats=False): it "
+                            "always normalizes with batch statistics, so it cannot be folded"):
         layers.fold_batchnorm(linear, layers.BatchNorm1d(3, track_running_stats=False).eval())
-    with pytest.raises(ValueError, match="3 features but layer has 5"):
+    with raises(ValueError, "bn normalizes 3 features but layer has 5 outputs"):
         layers.fold_batchnorm(nn.Linear(4, 5), nn.BatchNorm1d(3).eval())
-    with pytest.raises(TypeError, match="nn.Linear or nn.Conv2d"):
+    with raises(TypeError, "layer must be nn.Linear or nn.Conv2d, got Conv1d"):
         layers.fold_batchnorm(nn.Conv1d(4, 3, 1), nn.BatchNorm1d(3).eval())
-    with pytest.raises(TypeError, match="BatchNorm"):
+    with raises(TypeError, "bn must be a BatchNorm layer, got LayerNorm"):
         layers.fold_batchnorm(linear, nn.LayerNorm(3))
 
 
@@ -207,93 +375,13 @@ def test_fold_sequential():
     torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
 
 
-# --- Algorithm 2 and moving averages ---------------------------------------------------
-
-
-def _net():
+def test_fold_sequential_with_a_pair_at_the_end():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5, bias=False), layers.BatchNorm1d(5), nn.Tanh(),
-                         nn.Linear(5, 4, bias=False), nn.BatchNorm1d(4))
-
-
-def test_population_statistics_is_algorithm_2():
-    net, x, m = _net(), torch.randn(100, 6) * 2 + 1, 8
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    stats = population_statistics(net.eval(), x, batch_size=m)
-    assert not net.training
-    for k, v in net.state_dict().items():  # nothing changed
-        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
-    # directly: batch statistics of each layer's input, the network in training mode
-    n = len(x) // m
-    means, variances = [], []
-    net.train()
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), layers.BatchNorm1d(4))
+    x = torch.randn(32, 6)
     with torch.no_grad():
-        for i in range(n):
-            h = net[0](x[i * m : (i + 1) * m])
-            means.append(h.mean(0))
-            variances.append(h.var(0, unbiased=False))
-    torch.testing.assert_close(stats["1"][0].float(), torch.stack(means).mean(0))
-    torch.testing.assert_close(stats["1"][1].float(), m / (m - 1) * torch.stack(variances).mean(0))
-    # and the same as torch's recipe: reset, momentum=None, one pass in training mode
-    for bn in batchnorm_layers(net).values():
-        bn.momentum = None
-        bn.reset_running_stats()
-    with torch.no_grad():
-        for i in range(n):
-            net(x[i * m : (i + 1) * m])
-    for name, bn in batchnorm_layers(net).items():
-        torch.testing.assert_close(bn.running_mean, stats[name][0].float())
-        torch.testing.assert_close(bn.running_var, stats[name][1].float())
-
-
-def test_set_statistics():
-    net, x = _net(), torch.randn(64, 6)
-    stats = population_statistics(net, x, batch_size=16)
-    set_statistics(net, stats)
-    torch.testing.assert_close(net[4].running_var, stats["4"][1].float())
-    with pytest.raises(ValueError, match="batch_size"):
-        population_statistics(net, x, batch_size=1)
-
-
-def test_moving_averages_match_torch():
-    momenta = [0.5, 0.1, None]
-    net, x = _net(), torch.randn(40, 6) * 2 + 1
-    copies = {}
-    for mom in momenta:
-        copies[mom] = _net()
-        for bn in batchnorm_layers(copies[mom]).values():
-            bn.momentum = mom
-    with MovingAverages(net, momenta) as tracker, torch.no_grad():
-        for i in range(0, 40, 8):
-            net(x[i : i + 8])
-            for copy in copies.values():
-                copy(x[i : i + 8])
-        net.eval()(x)  # eval-mode passes are not tracked
-        with tracker.paused():
-            population_statistics(net, x, batch_size=8)  # nor paused training-mode ones
-    for mom in momenta:
-        for name, (mean, var) in tracker.statistics(mom).items():
-            bn = batchnorm_layers(copies[mom])[name]
-            torch.testing.assert_close(mean, bn.running_mean)
-            torch.testing.assert_close(var, bn.running_var)
-    assert len(net[1]._forward_pre_hooks) == 0  # hooks removed on exit
-
-
-def test_accuracy_with_batch_statistics_uses_each_batch_and_leaves_the_model():
-    from bnutils.inference import accuracy_with_batch_statistics
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
-    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        expected = (model.train()(x[:32]).argmax(1) == y[:32]).sum().item()
-        expected += (model(x[32:]).argmax(1) == y[32:]).sum().item()
-    model.load_state_dict(before)
-    model.eval()
-    assert accuracy_with_batch_statistics(model, x, y, 32) == expected / 64
-    assert not model.training
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k])
-    shuffled = accuracy_with_batch_statistics(model, x, y, 32, seed=1)
-    assert shuffled == accuracy_with_batch_statistics(model, x, y, 32, seed=1)
+        net(x)
+    folded = layers.fold_sequential(net.eval())
+    assert [type(m) for m in folded] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert folded[0] is net[0]  # layers that are not folded are shared
+    torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)

@@ -1,5 +1,7 @@
 """The normalization layers of bnutils.norms against torch.nn and against batch norm."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -34,6 +36,7 @@ def _forward_backward(layer, x, w):
 
 def _assert_matches_torch(ours, ref, x, w):
     """Same output and input gradient; with affine parameters, the same gamma/beta gradients."""
+    assert len(list(ours.parameters())) == len(list(ref.parameters()))  # affine or not
     if getattr(ours, "gamma", None) is not None:
         _randomize(ours.gamma, ours.beta)
         with torch.no_grad():
@@ -70,19 +73,37 @@ def test_group_norm_with_one_group_is_layer_norm_over_chw():
 
 def test_instance_norm_matches_torch():
     _assert_matches_torch(InstanceNorm(3), nn.InstanceNorm2d(3), *_data(4, 3, 5, 5))
+    _assert_matches_torch(InstanceNorm(3, eps=0.1, affine=True),
+                          nn.InstanceNorm2d(3, eps=0.1, affine=True), *_data(4, 3, 5, 5))
+
+
+def raises(message):
+    """``pytest.raises(ValueError)`` for exactly ``message``."""
+    return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
 
 
 def test_bad_inputs_raise():
-    with pytest.raises(ValueError, match="divisible"):
+    with raises("num_channels (6) must be divisible by num_groups (4)"):
         GroupNorm(4, 6)
-    with pytest.raises(ValueError, match=r"expects input \(N, 6"):
+    with raises("GroupNorm expects input (N, 6, ...), got shape (3, 5)"):
         GroupNorm(2, 6)(torch.zeros(3, 5))
-    with pytest.raises(ValueError, match="LayerNorm expects"):
+    with raises("InstanceNorm expects input (N, 6, ...), got shape (3,)"):
+        InstanceNorm(6)(torch.zeros(3))
+    with raises("BatchRenorm expects input (N, 3, ...), got shape (3, 5)"):
+        BatchRenorm(3)(torch.zeros(3, 5))
+    with raises("GhostBatchNorm expects input (N, 3, ...), got shape (3, 5)"):
+        GhostBatchNorm(3, 4).eval()(torch.zeros(3, 5))
+    with raises("LayerNorm expects input (..., (4,)), got shape (3, 5)"):
         LayerNorm(4)(torch.zeros(3, 5))
-    with pytest.raises(ValueError, match="r_max >= 1"):
+    with raises("need r_max >= 1 and d_max >= 0, got 0.5, 5.0"):
         BatchRenorm(3, r_max=0.5)
-    with pytest.raises(ValueError, match="at least 2"):
+    with raises("need r_max >= 1 and d_max >= 0, got 3.0, -1"):
+        BatchRenorm(3, d_max=-1)
+    with raises("virtual_batch_size must be at least 2, got 1"):
         GhostBatchNorm(3, virtual_batch_size=1)
+    # the limits themselves are fine
+    BatchRenorm(3, r_max=1.0, d_max=0.0)
+    GhostBatchNorm(3, virtual_batch_size=2)
 
 
 @pytest.mark.parametrize("shape", [(16, 5), (8, 5, 3, 3)])
@@ -170,3 +191,99 @@ def test_ghost_batch_norm_with_one_virtual_batch_is_batch_norm():
     ghost, ref = GhostBatchNorm(5, virtual_batch_size=8), nn.BatchNorm1d(5)
     for a, b in zip(_forward_backward(ghost, x, w), _forward_backward(ref, x, w), strict=True):
         torch.testing.assert_close(a, b, **TOL)
+
+
+def test_ghost_batch_norm_refuses_a_last_virtual_batch_of_one():
+    ghost = GhostBatchNorm(3, virtual_batch_size=4)
+    with pytest.raises(ValueError, match=r"Expected more than 1 value per channel when training"
+                                         r".*last virtual batch of \(9, 3\)"):
+        ghost(torch.randn(9, 3))
+    assert ghost.num_batches_tracked.item() == 0 and ghost.running_mean.eq(0).all()
+    ghost(torch.randn(9, 3, 2, 2))  # the last batch holds 4 values per channel: fine
+    ghost(torch.randn(10, 3))  # a last batch of two: fine
+
+
+def test_batch_renorm_refuses_a_batch_of_one():
+    with raises("Expected more than 1 value per channel when training, got input size (1, 3)"):
+        BatchRenorm(3)(torch.randn(1, 3))
+    BatchRenorm(3)(torch.randn(1, 3, 2, 1))  # two values per channel: fine
+
+
+@pytest.mark.parametrize("make", [BatchRenorm, lambda c: GhostBatchNorm(c, virtual_batch_size=4)])
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 2, 2)])
+def test_an_empty_batch_changes_nothing(make, shape):
+    layer = make(3)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = torch.randn(shape, requires_grad=True)
+    y = layer(x)
+    assert y.shape == shape
+    y.sum().backward()
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_defaults_are_torchs_on_low_variance_input():
+    # sigma^2 = 1e-6 per group, so that eps = 1e-5 shows
+    x, w = _data(4, 6, 3, 3)
+    x = 1 + 1e-3 * x
+    _assert_matches_torch(LayerNorm((6, 3, 3)), nn.LayerNorm((6, 3, 3)), x, w)
+    _assert_matches_torch(GroupNorm(2, 6), nn.GroupNorm(2, 6), x, w)
+    _assert_matches_torch(InstanceNorm(6), nn.InstanceNorm2d(6), x, w)
+    _assert_matches_torch(LayerNorm(9), nn.LayerNorm(9), x.reshape(-1, 9), w.reshape(-1, 9))
+    # during its warm-up Batch Renorm is BN; 4 examples are one virtual batch of 4
+    for layer in (BatchRenorm(6, warmup=10), GhostBatchNorm(6, virtual_batch_size=4)):
+        ref = nn.BatchNorm2d(6)
+        for _ in range(3):  # the running statistics move by torch's default momentum
+            for a, b in zip(_forward_backward(layer, x, w), _forward_backward(ref, x, w),
+                            strict=True):
+                torch.testing.assert_close(a, b, **TOL)
+            x = x + 1e-3
+        torch.testing.assert_close(layer.running_var, ref.running_var, **TOL)
+        torch.testing.assert_close(layer.running_mean, ref.running_mean, **TOL)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_group_norm_affine_option_matches_torch(affine):
+    ours, ref = GroupNorm(3, 6, affine=affine), nn.GroupNorm(3, 6, affine=affine)
+    assert hasattr(ours, "gamma") == affine
+    _assert_matches_torch(ours, ref, *_data(4, 6, 2, 2))
+
+
+def test_batch_renorm_clips_r_and_d_at_both_ends():
+    x, w = _data(16, 4)
+    layer = BatchRenorm(4, r_max=2.0, d_max=0.5)
+    mean, std = x.mean(0), torch.sqrt(x.var(0, unbiased=False) + layer.eps)
+    with torch.no_grad():  # running statistics far off, in both directions, per feature
+        layer.running_mean.copy_(mean + torch.tensor([10.0, -10.0, 10.0, -10.0]) * std)
+        layer.running_var.copy_(torch.tensor([100.0, 100.0, 0.01, 0.01]) * std**2 - layer.eps)
+    y, _ = _forward_backward(layer, x, w)
+    r = torch.tensor([0.5, 0.5, 2.0, 2.0])  # 1 / r_max where sigma_B is small, r_max where large
+    d = torch.tensor([-0.5, 0.5, -0.5, 0.5])
+    torch.testing.assert_close(y, (x - mean) / std * r + d, **TOL)
+
+
+def test_batch_renorm_default_limits():
+    layer = BatchRenorm(3)
+    assert layer.limits() == (3.0, 5.0)  # no warm-up and no ramp: the limits at once
+    layer = BatchRenorm(3, r_max=2.0, d_max=1.0, ramp=4)
+    assert layer.limits() == (1.0, 0.0)  # the ramp starts at plain BN
+    layer = BatchRenorm(2, r_max=3.0, d_max=5.0, warmup=1, ramp=1)
+    seen = []
+    for _ in range(3):
+        seen.append(layer.limits())
+        layer(torch.randn(4, 2))
+    assert seen == [(1.0, 0.0), (1.0, 0.0), (3.0, 5.0)]  # a ramp of one step
+
+
+@pytest.mark.parametrize("make", [BatchRenorm, lambda c: GhostBatchNorm(c, virtual_batch_size=4)])
+def test_eval_mode_uses_the_running_statistics(make):
+    layer = make(5)  # here, not at collection: in float64
+    x, w = _data(12, 5, 2, 2)
+    _randomize(layer.gamma, layer.beta)
+    layer(x + 2)
+    mean, var = layer.running_mean.clone(), layer.running_var.clone()
+    y, _ = _forward_backward(layer.eval(), x, w)
+    s = (1, -1, 1, 1)
+    expected = (x - mean.view(s)) / torch.sqrt(var.view(s) + layer.eps) * layer.gamma.view(s)
+    torch.testing.assert_close(y, expected + layer.beta.view(s), **TOL)
+    assert torch.equal(layer.running_mean, mean) and layer.num_batches_tracked.item() == 1
