@@ -50,13 +50,13 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --out benchmarks/results/report.md
 
-# Mutation testing (tools/mutate.py): do the tests of bn, layers, cache, inference and norms
+# Mutation testing (tests/mutation/mutate.py): do the tests of bn, layers, cache, inference and norms
 # notice small changes to their code? Minutes of CPU, so not part of `make test`; it needs
 # mutmut (requirements-mutate.txt) and writes benchmarks/results/mutation.md, which the
 # benchmarks appendix shows. One module: make mutate MUTATE_ARGS="--module bn".
 mutate: $(STAMP)
 	$(PY) -m pip install -q -r requirements-mutate.txt
-	$(PY) tools/mutate.py $(MUTATE_ARGS)
+	$(PY) tests/mutation/mutate.py $(MUTATE_ARGS)
 
 install: $(STAMP)
 

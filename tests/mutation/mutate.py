@@ -1,13 +1,13 @@
 """Mutation testing of the core modules: do their tests notice when the code changes?
 
-Usage: ``python tools/mutate.py [--jobs 2] [--module bn ...] [--out FILE]`` (``make mutate``).
+Usage: ``python tests/mutation/mutate.py [--jobs 2] [--module bn ...] [--out FILE]`` (``make mutate``).
 
 For each module, mutmut (https://github.com/boxed/mutmut) makes many small changes to its
 code, one at a time (an operator swapped, a constant changed, an argument dropped), and
 runs the module's own test files (``MODULES`` below) against each. A change that no test
 notices "survives". Some survivors cannot change behaviour (a reshape by ``-2`` instead
 of ``-1`` is the same reshape in NumPy); those are listed with the reason in
-``tools/mutation-equivalent.toml`` and left out of the score, as are the few that only a
+``tests/mutation/equivalent.toml`` and left out of the score, as are the few that only a
 GPU can kill (a ``device=`` argument, on a machine without CUDA):
 
     score = killed / (mutants - equivalent - GPU-only survivors)
@@ -40,9 +40,9 @@ import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve()
-ROOT = SCRIPT.parents[1]
+ROOT = SCRIPT.parents[2]
 WORK = ROOT / "_build" / "mutation"
-EQUIVALENT = SCRIPT.with_name("mutation-equivalent.toml")
+EQUIVALENT = SCRIPT.with_name("equivalent.toml")
 
 # each module and the test files that are meant to catch its mutants
 MODULES = {
@@ -208,7 +208,7 @@ def _code(text):
 
 
 def report(rows, info):
-    lines = ["Written by `tools/mutate.py` (`make mutate`). Each module's mutants run against "
+    lines = ["Written by `tests/mutation/mutate.py` (`make mutate`). Each module's mutants run against "
              "its own test files; score = killed / (mutants − equivalent − GPU-only).", "",
              "| run | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info.items()]
@@ -229,7 +229,7 @@ def report(rows, info):
                   f"{s['status']} |" for m, s in survivors]
     lines += ["", "### Equivalent mutants",  "",
               "Survivors that cannot change what the code computes, with the reason "
-              "(`tools/mutation-equivalent.toml`).", "",
+              "(`tests/mutation/equivalent.toml`).", "",
               "| module | function | code | mutant | why it is equivalent |",
               "|---|---|---|---|---|"]
     lines += [f"| {r['module']} | `{e['function']}` | {_code(e['original'])} | "
