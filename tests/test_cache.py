@@ -1,98 +1,631 @@
-"""bnutils.cache: results are computed once, reloaded exactly, and re-run when keys change."""
+"""bnutils.cache: results are computed once, reloaded exactly, and computed again whenever
+anything that decides them changes: the configuration, the code and the values it uses,
+the arguments bound to it, the bnutils version, the data."""
+
+import dataclasses
+import functools
+import importlib.util
+import itertools
+import json
+import linecache
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from bnutils import cache
+import bnutils
+from bnutils import cache, data, models
 
-
-def _experiment(calls):
-    def fn(steps, lr):
-        calls.append((steps, lr))
-        rng = np.random.default_rng(steps)
-        return {"step": np.arange(steps), "acc": rng.random(steps), "best": 0.5,
-                "runs": {"a": {"curve": rng.random(3), "diverged": False}}, "note": "ok"}
-    return fn
+CALLS = []  # what the experiments below were run with, in order
 
 
-def test_second_call_loads_identical_result(tmp_path):
-    calls = []
-    first = cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, _experiment(calls), root=tmp_path)
-    second = cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, _experiment(calls), root=tmp_path)
-    assert calls == [(5, 0.1)]
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """Each test starts as a new process would: no experiment run, no data loaded."""
+    CALLS.clear()
+    monkeypatch.setattr(data, "_LOADED", {})
+
+
+def _experiment(steps, lr):
+    CALLS.append((steps, lr))
+    rng = np.random.default_rng(steps)
+    return {"step": np.arange(steps), "acc": rng.random(steps), "best": 0.5,
+            "runs": {"a": {"curve": rng.random(3), "diverged": False}}, "note": "ok",
+            "count": np.int64(3)}
+
+
+def _echo(**config):
+    CALLS.append(config)
+    return {"n": len(CALLS)}
+
+
+def _files(folder):
+    return sorted(p.name for p in Path(folder).rglob("*") if p.is_file())
+
+
+# --- storing and loading -------------------------------------------------------------
+
+
+def test_second_call_loads_identical_result(tmp_path, capsys):
+    first = cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, _experiment, root=tmp_path)
+    second = cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, _experiment, root=tmp_path)
+    assert CALLS == [(5, 0.1)]
     np.testing.assert_array_equal(first["acc"], second["acc"])
     np.testing.assert_array_equal(second["runs"]["a"]["curve"], first["runs"]["a"]["curve"])
     assert second["runs"]["a"]["diverged"] is False and second["best"] == 0.5
-    assert second["note"] == "ok"
-    assert not list(tmp_path.glob("*.tmp*"))  # no half-written files left
+    assert second["note"] == "ok" and second["count"] == 3
+    assert first.keys() == second.keys() == {"step", "acc", "best", "runs", "note", "count"}
+    assert "loaded cached result exp-" in capsys.readouterr().out
+    names = _files(tmp_path)
+    assert len(names) == 2 and {Path(n).suffix for n in names} == {".npz", ".json"}
 
 
-def test_changed_config_or_code_reruns(tmp_path, monkeypatch):
-    calls = []
-    fn = _experiment(calls)
-    cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, fn, root=tmp_path)
-    cache.train_or_load("exp", {"steps": 5, "lr": 0.2}, fn, root=tmp_path)
-    monkeypatch.setattr("bnutils.__version__", "999.0")
-    cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, fn, root=tmp_path)
-    assert calls == [(5, 0.1), (5, 0.2), (5, 0.1)]
-
-
-def test_changed_experiment_code_reruns(tmp_path):
-    calls = []
-
-    def first(steps):
-        calls.append("first")
-        return {"x": np.zeros(steps)}
-
-    def second(steps):  # same name and config, different code
-        calls.append("second")
-        return {"x": np.ones(steps)}
-
-    cache.train_or_load("exp", {"steps": 2}, first, root=tmp_path)
-    again = cache.train_or_load("exp", {"steps": 2}, second, root=tmp_path)
-    assert calls == ["first", "second"] and again["x"].tolist() == [1.0, 1.0]
+def test_quiet_when_not_verbose(tmp_path, capsys):
+    for _ in range(2):
+        cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path,
+                            verbose=False)
+    assert capsys.readouterr().out == "" and len(CALLS) == 1
 
 
 def test_results_are_stored_without_pickle(tmp_path):
-    cache.train_or_load("exp", {"steps": 3, "lr": 0.1}, _experiment([]), root=tmp_path)
+    cache.train_or_load("exp", {"steps": 3, "lr": 0.1}, _experiment, root=tmp_path)
     (npz,) = tmp_path.glob("*.npz")
     with np.load(npz, allow_pickle=False) as z:  # would raise on object arrays
         assert set(z.files) == {"step", "acc", "runs/a/curve"}
-    assert len(list(tmp_path.glob("*.json"))) == 1
+    (meta,) = tmp_path.glob("*.json")
+    doc = json.loads(meta.read_text())
+    assert doc["name"] == "exp" and doc["config"] == {"lr": 0.1, "steps": 3}
+    assert doc["code"] == cache.code_version(_experiment)
+    assert doc["values"]["runs"] == {"a": {"diverged": False}}
 
 
-def test_unstorable_values_are_refused(tmp_path):
-    with pytest.raises(TypeError, match="cannot store"):
-        cache.train_or_load("bad", {}, lambda: {"model": object()}, root=tmp_path)
-    with pytest.raises(ValueError, match="may not contain '/'"):
-        cache.train_or_load("bad", {}, lambda: {"a/b": np.zeros(2)}, root=tmp_path)
+def test_nested_root_that_does_not_exist_yet(tmp_path):
+    root = tmp_path / "a" / "b" / "c"
+    cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=root)
+    assert len(list(root.glob("exp-*.npz"))) == 1
 
 
-def test_root_from_environment(tmp_path, monkeypatch):
+def test_unwritable_root_fails_before_running(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="cannot store results in .*BNUTILS_RESULTS"):
+        cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=blocker / "r")
+    assert CALLS == []
+
+
+def test_results_root(tmp_path, monkeypatch):
     monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path / "r"))
     assert cache.results_root() == tmp_path / "r"
-    cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment([]))
+    cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment)
     assert len(list((tmp_path / "r").glob("exp-*.npz"))) == 1
+    monkeypatch.delenv("BNUTILS_RESULTS")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.results_root() == tmp_path / "xdg" / "bnutils" / "results"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.results_root() == tmp_path / "home" / ".cache" / "bnutils" / "results"
+    monkeypatch.setenv("BNUTILS_RESULTS", "")  # set but empty: the default
+    assert cache.results_root() == tmp_path / "home" / ".cache" / "bnutils" / "results"
 
 
-def _other_helper(steps):
+@pytest.mark.parametrize("damage", ["no json", "no npz", "other npz", "bad json", "bad npz"])
+def test_incomplete_or_damaged_files_are_computed_again(tmp_path, capsys, damage):
+    cache.train_or_load("other", {"steps": 4, "lr": 0.1}, _experiment, root=tmp_path)
+    cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
+    (npz,) = tmp_path.glob("exp-*.npz")
+    meta = npz.with_suffix(".json")
+    if damage == "no json":
+        meta.unlink()
+    elif damage == "no npz":
+        npz.unlink()
+    elif damage == "other npz":  # e.g. two processes writing the same key at once
+        shutil.copy(next(tmp_path.glob("other-*.npz")), npz)
+    elif damage == "bad json":
+        meta.write_text(meta.read_text()[:-20])
+    else:
+        npz.write_bytes(npz.read_bytes()[:30])
+        doc = json.loads(meta.read_text())
+        meta.write_text(json.dumps({**doc, "npz_sha256": cache._file_sha256(npz)}))
+    capsys.readouterr()
+    again = cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
+    assert CALLS == [(4, 0.1), (2, 0.1), (2, 0.1)]
+    assert again["step"].tolist() == [0, 1]
+    assert "computing exp-" in capsys.readouterr().out
+    cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
+    assert len(CALLS) == 3  # repaired: loaded from now on
+
+
+# --- refusing what cannot be keyed or stored ------------------------------------------
+
+
+BAD_RESULTS = {
+    "object": {"model": object()},
+    "object array": {"ids": np.array([1, "a", None], dtype=object)},
+    "tensor": {"t": torch.zeros(2)},
+    "set": {"s": {1, 2}},
+    "list": [np.zeros(2)],
+    "slash": {"a/b": np.zeros(2)},
+    "number key": {1: 0.5},
+    "nested number key": {"d": {2: np.zeros(1)}},
+}
+
+
+def _bad(kind):
+    return BAD_RESULTS[kind]
+
+
+def test_unstorable_results_are_refused_and_leave_nothing(tmp_path):
+    for kind in BAD_RESULTS:
+        with pytest.raises((TypeError, ValueError), match="cannot store|must be strings|a dict"):
+            cache.train_or_load("bad", {"kind": kind}, _bad, root=tmp_path)
+    assert _files(tmp_path) == []  # no partial or temporary file
+    ok = cache.train_or_load("bad", {}, lambda: {"ids": np.array(["a", "b"])}, root=tmp_path)
+    assert ok["ids"].tolist() == ["a", "b"]  # a later good run is stored
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez_compressed", broken)
+    with pytest.raises(OSError, match="disk full"):
+        cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
+    assert _files(tmp_path) == []
+
+
+def test_unkeyable_config_and_names_are_refused_before_running(tmp_path):
+    import threading
+
+    for config in ({"lock": threading.Lock()}, {"ids": np.array([None, 1], dtype=object)},
+                   {1: 2}, [("steps", 2)]):
+        with pytest.raises(TypeError, match="cannot key|config must be a dict"):
+            cache.train_or_load("exp", config, _echo, root=tmp_path)
+    for name in ("a/b", "../up", "", "with space", 3):
+        with pytest.raises(ValueError, match="must be letters"):
+            cache.train_or_load(name, {}, _echo, root=tmp_path)
+    assert CALLS == [] and _files(tmp_path) == []
+
+
+def test_unkeyable_global_names_where_it_is(tmp_path):
+    nb = _notebook("""
+        import threading
+        LOCK = threading.Lock()
+        def run():
+            with LOCK:
+                return {"x": 1}
+    """)
+    with pytest.raises(TypeError, match="cannot key the results cache on fn -> run -> global LOCK"):
+        cache.train_or_load("exp", {}, nb["run"], root=tmp_path)
+
+
+# --- the configuration ------------------------------------------------------------------
+
+
+def _key(config, fn=_echo):
+    return cache.cache_key("exp", config, fn)
+
+
+def test_changed_config_reruns_and_key_order_does_not_matter(tmp_path):
+    for config in ({"steps": 5, "lr": 0.1}, {"lr": 0.1, "steps": 5}, {"steps": 5, "lr": 0.2},
+                   {"steps": 5, "lr": 0.1, "extra": None}):
+        cache.train_or_load("exp", config, _echo, root=tmp_path)
+    assert CALLS == [{"steps": 5, "lr": 0.1}, {"steps": 5, "lr": 0.2},
+                     {"steps": 5, "lr": 0.1, "extra": None}]
+    assert _key({"a": 1, "b": 2}) == _key({"b": 2, "a": 1})
+    assert len({_key({"x": v}) for v in (1, 1.0, True, "1", [1], None, {"1": 1})}) == 7
+    assert _key({"x": {1: "a"}}) != _key({"x": {"1": "a"}})
+    array = json.loads(json.dumps(cache._Describer()(np.zeros(2))))
+    assert _key({"x": array}) != _key({"x": np.zeros(2)})
+
+
+def test_arrays_and_tensors_in_the_config_are_keyed_by_content():
+    a = np.arange(2000.0)
+    b = a.copy()
+    b[1000] += 1  # str() of both prints the same abbreviation
+    assert str(a) == str(b)
+    assert _key({"x": a}) != _key({"x": b})
+    assert _key({"x": a}) == _key({"x": a.copy()})
+    assert _key({"x": a}) != _key({"x": a.astype(np.float32)})
+    assert _key({"x": a}) != _key({"x": a.reshape(40, 50)})
+    assert _key({"x": a[::2]}) == _key({"x": np.ascontiguousarray(a[::2])})
+    assert _key({"x": np.float32(0.5)}) != _key({"x": 0.5})
+    t = torch.arange(2000.0)
+    assert _key({"x": t}) != _key({"x": t.clone().index_fill_(0, torch.tensor([7]), -1.0)})
+    assert _key({"x": t}) == _key({"x": t.clone().requires_grad_()})
+    assert _key({"x": t}) != _key({"x": t.double()})
+    assert _key({"x": t.bfloat16()}) != _key({"x": t.half()})
+
+
+def test_paths_dtypes_and_other_values_in_the_config(tmp_path):
+    config = {"root": Path("a/b"), "np_type": np.float32, "dtype": np.dtype("float64"),
+              "torch_dtype": torch.float16, "device": torch.device("cpu"),
+              "sizes": (1, 2), "ids": {3, 1, 2}, "span": range(3), "z": 1 + 2j, "raw": b"\x00"}
+    result = cache.train_or_load("exp", config, _echo, root=tmp_path)
+    assert CALLS == [config]  # the experiment gets the values themselves
+    assert cache.train_or_load("exp", config, _echo, root=tmp_path) == result
+    (meta,) = tmp_path.glob("*.json")
+    stored = json.loads(meta.read_text())["config"]
+    assert stored["root"] == {"__path__": "a/b"} and stored["sizes"] == [1, 2]
+    assert stored["np_type"] == {"__class__": "numpy.float32"}
+    assert stored["torch_dtype"] == {"__dtype__": "torch.float16"}
+    changes = {"root": Path("a/c"), "np_type": np.float64, "dtype": np.dtype("float32"),
+               "torch_dtype": torch.bfloat16, "sizes": (1, 3), "ids": {1, 2}, "span": range(4),
+               "z": 1 + 3j, "raw": b"\x01"}
+    keys = {_key({**config, k: v}) for k, v in changes.items()}
+    assert len(keys) == len(changes) and _key(config) not in keys
+
+
+# --- the code -------------------------------------------------------------------------
+
+
+def _first(steps):
+    CALLS.append("first")
     return {"x": np.zeros(steps)}
+
+
+def _second(steps):  # same config, different code
+    CALLS.append("second")
+    return {"x": np.ones(steps)}
+
+
+def test_changed_code_or_version_reruns(tmp_path, monkeypatch):
+    cache.train_or_load("exp", {"steps": 2}, _first, root=tmp_path)
+    again = cache.train_or_load("exp", {"steps": 2}, _second, root=tmp_path)
+    assert CALLS == ["first", "second"] and again["x"].tolist() == [1.0, 1.0]
+    before = cache.code_version(_first)
+    assert before.startswith(bnutils.__version__ + "+")
+    monkeypatch.setattr("bnutils.__version__", "999.0")
+    assert cache.code_version(_first) != before
+    cache.train_or_load("exp", {"steps": 2}, _first, root=tmp_path)
+    assert CALLS == ["first", "second", "first"]
+
+
+def test_partial_arguments_are_keyed(tmp_path):
+    def run(lr):
+        return cache.train_or_load("exp", {"steps": 3}, functools.partial(_experiment, lr=lr),
+                                   root=tmp_path)
+
+    run(0.1)
+    run(0.5)
+    run(0.1)
+    assert CALLS == [(3, 0.1), (3, 0.5)]
+    version = cache.code_version
+    assert version(functools.partial(_echo, 1)) != version(functools.partial(_echo, 2))
+    assert version(functools.partial(_echo, a=1, b=2)) == version(functools.partial(_echo, b=2, a=1))
+    assert version(functools.partial(_echo, a=1)) != version(functools.partial(_echo, b=1))
 
 
 def _helper(steps):
     return {"x": np.full(steps, 1.0)}
 
 
-def _calls_helper(steps):
-    return {k: v for k, v in _helper(steps).items()}  # called from a comprehension
+def _other_helper(steps):
+    return {"x": np.zeros(steps)}
 
 
-def test_code_version_follows_partials_and_called_functions(monkeypatch):
-    import functools
-    import sys
+def _in_comprehension(steps):
+    return {k: v for k, v in _helper(steps).items()}  # called in the iterable
 
-    assert cache.code_version(functools.partial(_helper)) == cache.code_version(_helper)
-    assert cache.code_version(_helper) != cache.code_version(_other_helper)
-    before = cache.code_version(_calls_helper)
+
+def _in_comprehension_body(steps):
+    return [_helper(s) for s in range(steps)][-1]  # called in the body
+
+
+def _in_lambda_body(steps):
+    return (lambda s: _helper(s))(steps)
+
+
+def _in_nested_function(steps):
+    def inner():
+        return _helper(steps)
+
+    return inner()
+
+
+def _recursive(steps):
+    return {"x": np.zeros(0)} if steps == 0 else _recursive(steps - 1)
+
+
+def _ping(n):
+    return _pong(n - 1) if n else {}
+
+
+def _pong(n):
+    return _ping(n - 1) if n else {}
+
+
+@pytest.mark.parametrize("fn", [_in_comprehension, _in_comprehension_body, _in_lambda_body,
+                                _in_nested_function])
+def test_called_functions_are_followed(fn, monkeypatch):
+    before = cache.code_version(fn)
     monkeypatch.setattr(sys.modules[__name__], "_helper", _other_helper)
-    assert cache.code_version(_calls_helper) != before  # the called function's code counts
+    assert cache.code_version(fn) != before  # the called function's code counts
+
+
+def test_recursive_experiments_have_a_version(tmp_path):
+    assert cache.code_version(_recursive) != cache.code_version(_ping)
+    assert cache.code_version(_ping) == cache.code_version(_ping)
+    assert cache.train_or_load("exp", {"steps": 3}, _recursive, root=tmp_path)["x"].shape == (0,)
+
+
+def test_bnutils_functions_a_notebook_calls_are_followed(monkeypatch):
+    nb = _notebook("""
+        from bnutils import models
+        def run():
+            return models.mlp(784, (3,), 10)
+    """)
+    before = cache.code_version(nb["run"])
+    monkeypatch.setattr(models, "mlp", lambda *a, **k: None)
+    assert cache.code_version(nb["run"]) != before
+
+
+def _import(path, name, monkeypatch):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+MODULE = """
+from pathlib import Path
+
+import numpy as np
+
+HIDDEN = {hidden}
+HERE = Path(__file__).parent  # differs between checkouts: must not enter the key
+
+
+def run(steps):
+    return {{"h": np.full(steps, HIDDEN), "here": len(HERE.parts)}}
+"""
+
+
+def test_module_source_is_in_the_key(tmp_path, monkeypatch):
+    versions = {}
+    for folder, hidden in (("a", 50), ("b", 50), ("c", 60)):
+        path = tmp_path / folder / "experiment_module.py"
+        path.parent.mkdir()
+        path.write_text(MODULE.format(hidden=hidden))
+        module = _import(path, "experiment_module", monkeypatch)
+        versions[folder] = cache.code_version(module.run)
+    assert versions["a"] == versions["b"]  # same code, another folder
+    assert versions["a"] != versions["c"]  # a module constant changed
+
+
+# --- notebooks --------------------------------------------------------------------------
+
+_CELLS = itertools.count()
+
+
+def _notebook(source, namespace=None):
+    """Run ``source`` as Jupyter runs a cell: ``__main__``, no file, the text in linecache."""
+    source = textwrap.dedent(source)
+    filename = f"/tmp/ipykernel_0/{next(_CELLS)}.py"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"__name__": "__main__"} if namespace is None else namespace
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+NOTEBOOK = """
+import numpy as np
+import torch
+from torch import nn
+from bnutils import norms
+
+HIDDEN = 50
+UNUSED = 1
+x_train = torch.arange(2000.0)
+NAMES = {"b", "a", "c"}
+
+class Noisy(nn.Module):
+    scale = 2.0
+
+    def forward(self, x):
+        return self.scale * x + torch.ones(HIDDEN)
+
+METHODS = {
+    "gn": ("Group Norm", lambda d: norms.GroupNorm(10, d)),
+    "noisy": ("noisy", lambda d: Noisy()),
+}
+
+def helper(n):
+    return n * HIDDEN
+
+def run(method, steps):
+    layer = METHODS[method][1](HIDDEN)
+    return {"x": np.full(steps, helper(len(NAMES))), "mean": float(x_train.mean())}
+"""
+
+
+def _versions_after(*edits):
+    """The code version of a notebook's ``run``, then after each edit of one cell."""
+    nb = _notebook(NOTEBOOK)
+    versions = [cache.code_version(nb["run"])]
+    for edit in edits:
+        _notebook(edit, nb)
+        versions.append(cache.code_version(nb["run"]))
+    return versions
+
+
+def test_notebook_globals_classes_and_tables_of_lambdas_are_keyed():
+    edits = [
+        "HIDDEN = 60",
+        "x_train = x_train.clone(); x_train[1000] += 1",
+        "NAMES = NAMES | {'d'}",
+        "Noisy.scale = 3.0",
+        """
+        class Noisy(nn.Module):
+            scale = 3.0
+
+            def forward(self, x):
+                return self.scale * x - torch.ones(HIDDEN)
+        """,
+        'METHODS["gn"] = ("Group Norm", lambda d: norms.GroupNorm(5, d))',
+        "def helper(n):\n    return n + HIDDEN",
+    ]
+    versions = _versions_after(*edits)
+    assert len(set(versions)) == len(versions)
+
+
+def test_notebook_keys_survive_a_restart_and_ignore_unrelated_globals():
+    first = _versions_after("UNUSED = 2", "scale = 5.0", "steps = 3")  # not globals of run
+    restarted = _versions_after()
+    assert len(set(first)) == 1 and restarted == first[:1]
+
+
+def test_notebook_class_definitions_are_keyed():
+    nb = _notebook(NOTEBOOK)
+    before = cache.code_version(nb["Noisy"])
+    _notebook("def _f(self):\n    return 1\nNoisy.extra = _f", nb)
+    assert cache.code_version(nb["Noisy"]) != before
+
+
+def test_notebook_defaults_and_closures_are_keyed():
+    nb = _notebook("""
+        def make(kind):
+            return lambda steps, kind=kind: {"kind": kind}
+        def closure(hidden):
+            def run(steps):
+                return {"h": hidden}
+            return run
+    """)
+    versions = {cache.code_version(nb["make"](k)) for k in ("bn", "noisy", "bn")}
+    assert len(versions) == 2
+    assert cache.code_version(nb["closure"](50)) != cache.code_version(nb["closure"](60))
+
+
+def test_self_referencing_values_have_a_key():
+    nb = _notebook("TABLE = {'a': 1}\nTABLE['self'] = TABLE\ndef run():\n    return TABLE")
+    assert cache.code_version(nb["run"]).startswith(bnutils.__version__)
+
+
+KEY_SCRIPT = """
+import linecache, sys, textwrap
+sys.path.insert(0, {tests!r})
+from test_cache import NOTEBOOK, _notebook
+from bnutils import cache
+nb = _notebook(NOTEBOOK)
+print(cache.cache_key("exp", {{"ids": {{"x", "y", "z"}}, "method": "gn"}}, nb["run"]))
+"""
+
+
+def test_keys_are_the_same_in_another_process_and_hash_seed():
+    script = KEY_SCRIPT.format(tests=str(Path(__file__).parent))
+    keys = set()
+    for seed in ("1", "2"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, check=True)
+        keys.add(out.stdout.strip().splitlines()[-1])
+    assert len(keys) == 1
+
+
+# --- the data ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline_mnist(monkeypatch, tmp_path):
+    """An MNIST folder that starts empty, with no mirror reachable; real files to copy in."""
+    source = data.default_root("mnist")
+    if not any(source.glob("t10k-labels-idx1-ubyte*")):
+        pytest.skip(f"no local MNIST files in {source}; set BNUTILS_DATA")
+    spec = dataclasses.replace(data.DATASETS["mnist"], mirrors=("http://127.0.0.1:9/",))
+    monkeypatch.setitem(data.DATASETS, "mnist", spec)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+
+    def provide(available):
+        for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+            if available:
+                shutil.copy(next(source.glob(name[:-3] + "*")), folder / name)
+            else:
+                (folder / name).unlink()
+
+    return folder, provide
+
+
+OFFLINE_FALLBACK = pytest.mark.filterwarnings("ignore:could not download")
+
+
+def _count_labels(root):
+    _, y = data.load_mnist("test", root=root)
+    CALLS.append(len(y))
+    return {"n": len(y)}
+
+
+def _count_nothing():
+    CALLS.append("ran")
+    return {"n": 0}
+
+
+@OFFLINE_FALLBACK
+def test_a_result_on_the_offline_subset_is_not_served_as_full_mnist(offline_mnist, capsys):
+    folder, provide = offline_mnist
+    results = folder.parent / "results"
+
+    def run():
+        return cache.train_or_load("labels", {"root": str(folder)}, _count_labels, root=results)
+
+    assert run()["n"] == 1000  # offline: the bundled subset
+    provide(True)
+    capsys.readouterr()
+    assert run()["n"] == 10_000
+    out = capsys.readouterr().out
+    assert "computed on the bundled subset of mnist (test)" in out
+    assert "gives the full mnist (test)" in out
+    assert run()["n"] == 10_000
+    provide(False)
+    assert run()["n"] == 1000  # and the full result is not served offline either
+    assert CALLS == [1000, 10_000, 1000]
+
+
+@OFFLINE_FALLBACK
+def test_data_loaded_before_the_run_counts(offline_mnist, tmp_path):
+    folder, provide = offline_mnist
+    data.load_mnist("test", root=folder)  # a notebook's global, or a memoised loader
+    cache.train_or_load("exp", {}, _count_nothing, root=tmp_path)
+    (meta,) = tmp_path.glob("*.json")
+    (used,) = json.loads(meta.read_text())["data"]
+    assert used["data"]["source"] == "subset" and used["args"]["root"] == str(folder)
+    cache.train_or_load("exp", {}, _count_nothing, root=tmp_path)
+    provide(True)
+    cache.train_or_load("exp", {}, _count_nothing, root=tmp_path)
+    assert CALLS == ["ran", "ran"]
+
+
+def _outer(root, results):
+    inner = cache.train_or_load("inner", {"root": root}, _count_labels, root=results)
+    return {"n": inner["n"] + 1}
+
+
+@OFFLINE_FALLBACK
+def test_data_behind_a_cached_inner_result_counts(offline_mnist, tmp_path, monkeypatch):
+    folder, provide = offline_mnist
+    config = {"root": str(folder), "results": str(tmp_path)}
+    cache.train_or_load("inner", {"root": str(folder)}, _count_labels, root=tmp_path)
+    monkeypatch.setattr(data, "_LOADED", {})  # a new process: the inner result is cached
+    assert cache.train_or_load("outer", config, _outer, root=tmp_path)["n"] == 1001
+    assert CALLS == [1000]
+    provide(True)
+    monkeypatch.setattr(data, "_LOADED", {})
+    assert cache.train_or_load("outer", config, _outer, root=tmp_path)["n"] == 10_001
+
+
+@OFFLINE_FALLBACK
+def test_data_that_cannot_be_loaded_now_means_computing_again(offline_mnist, tmp_path, capsys):
+    folder, provide = offline_mnist
+    provide(True)
+    cache.train_or_load("labels", {"root": str(folder)}, _count_labels, root=tmp_path)
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"damaged")
+    capsys.readouterr()
+    with pytest.raises(data.DataError, match="checksum mismatch for .*t10k-labels"):
+        cache.train_or_load("labels", {"root": str(folder)}, _count_labels, root=tmp_path)
+    assert "it was computed on cannot be loaded now" in capsys.readouterr().out
+    assert CALLS == [10_000]
