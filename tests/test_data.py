@@ -44,7 +44,8 @@ def _serve(folder, kind="good"):
     """A local mirror of ``folder`` on 127.0.0.1 that serves files of the given kind.
 
     good: the files; missing: 404; corrupt: another valid gzip file; damaged: a gzip
-    file with a broken body; cut: closes the connection after part of the body; slow:
+    file with a broken body; cut, cut-chunked: close the connection in the middle of the
+    body (announced by its length, or in chunks); slow:
     a byte every 50 ms; not-http: answers in no known protocol.
     """
     if kind == "not-http":
@@ -66,6 +67,11 @@ def _serve(folder, kind="good"):
                 body = {"corrupt": gzip.compress(b"\x00" * 1000),
                         "damaged": _damaged(b"\x00" * 1000)}.get(kind, b"\x1f" * 1000)
                 self.send_response(200)
+                if kind == "cut-chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(b"%x\r\n" % len(body) + body[:100])
+                    return None
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if kind == "cut":
@@ -317,7 +323,7 @@ def test_damaged_gzip_from_a_mirror_is_not_kept(mirrors, tmp_path):
     assert _files(tmp_path / "b") == []
 
 
-@pytest.mark.parametrize("kind", ["not-http", "cut", "slow"])
+@pytest.mark.parametrize("kind", ["not-http", "cut", "cut-chunked", "slow"])
 def test_a_broken_mirror_is_skipped(mirrors, tmp_path, monkeypatch, kind):
     monkeypatch.setattr(data, "DEADLINE", 1.0)
     mirrors(kind, "good")
@@ -329,7 +335,7 @@ def test_a_broken_mirror_is_skipped(mirrors, tmp_path, monkeypatch, kind):
 
 def test_only_broken_mirrors_mean_offline(mirrors, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEADLINE", 1.0)
-    mirrors("not-http", "cut", "slow", "unreachable")
+    mirrors("not-http", "cut", "cut-chunked", "slow", "unreachable")
     start = time.monotonic()
     with pytest.warns(UserWarning) as caught:
         _, y = data.load_mnist("test", root=tmp_path)
