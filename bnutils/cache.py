@@ -23,6 +23,7 @@ import dis
 import enum
 import functools
 import hashlib
+import importlib.machinery
 import inspect
 import json
 import os
@@ -107,8 +108,6 @@ def _digest(description):
 # --- describing a value and the code behind it ---------------------------------------
 
 _SCALARS = (type(None), bool, int, float, str)
-_SKIPPED = {"__dict__", "__weakref__", "__module__", "__doc__", "__firstlineno__",
-            "__static_attributes__", "__qualname__", "__annotations__"}
 
 
 class _Describer:
@@ -222,6 +221,8 @@ class _Describer:
                 return {"__function__": name, "wraps": self(wrapped, sourced)}
             return None if sourced else {"__function__": name}
         text = _module_text(value.__globals__)
+        if text is not None and _edited_since_import(value, text):
+            _refuse_edited(value.__code__.co_filename)
         in_source = text is not None and "<locals>" not in value.__qualname__
         self.where.append(value.__qualname__)
         try:
@@ -270,8 +271,9 @@ class _Describer:
 
 
 _HANDLERS = (
-    ((np.generic, np.ndarray, torch.Tensor, np.dtype, torch.dtype, torch.device, PurePath,
-      enum.Enum, range, slice, bytes, bytearray, complex), _Describer.data),
+    ((np.generic, np.ndarray, torch.Tensor, np.dtype, torch.dtype, torch.device,
+      torch.Generator, PurePath, enum.Enum, range, slice, bytes, bytearray, complex),
+     _Describer.data),
     ((list, tuple, dict, set, frozenset), _Describer.container),
     (functools.partial, _Describer.partial),
     (types.MethodType, _Describer.method),
@@ -298,6 +300,8 @@ def _plain(value):
         return "path", value.as_posix()
     if isinstance(value, torch.device):
         return "device", value.type
+    if isinstance(value, torch.Generator):
+        return "generator", [value.device.type, _tensor_digest(value.get_state())]
     return "dtype", str(value)  # "float32", "torch.float32"
 
 
@@ -339,9 +343,8 @@ def _unbound(member):
 
 
 def _skipped(name, member):
-    """Class attributes that say where the class is, not what it does."""
-    return name in _SKIPPED or (name.startswith("__") and name.endswith("__")
-                                and not callable(_unbound(member)))
+    """Class attributes that say where the class is (``__module__``, ``__firstlineno__``)."""
+    return name.startswith("__") and name.endswith("__") and not callable(_unbound(member))
 
 
 def _names(code, ops):
@@ -372,15 +375,52 @@ def _text_digest(text):
     return hashlib.sha256(text.replace("\r\n", "\n").encode()).hexdigest()
 
 
+_TEXTS = {}  # module file -> (its module's spec, its text when first read)
+
+
 def _module_text(namespace):
     """The source of the module with globals ``namespace``; None for a notebook."""
     path = namespace.get("__file__")
     if not path or not str(path).endswith(".py"):
         return None
     try:
-        return Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError:
         return None
+    spec, first = _TEXTS.get(path, (None, text))
+    if spec is namespace.get("__spec__") and text != first:  # edited, not reloaded
+        _refuse_edited(path)
+    _TEXTS[path] = (namespace.get("__spec__"), text)
+    return text
+
+
+def _refuse_edited(path):
+    raise RuntimeError(f"{path} has changed since it was imported: the code that would run is "
+                       f"not the code in the file. Restart the kernel (or reload the module) "
+                       f"and run again.")
+
+
+def _edited_since_import(fn, text):
+    """Whether the code of ``fn`` is not what its module's file compiles to now.
+
+    It catches an edited function even when the file was first read after the edit.
+    """
+    if fn.__code__.co_filename != fn.__globals__.get("__file__"):
+        return False  # made by exec() or a decorator: there is nothing to compare
+    if not isinstance(fn.__globals__.get("__loader__"), importlib.machinery.SourceFileLoader):
+        return False  # compiled by another loader (pytest's rewrites asserts)
+    return fn.__code__ not in _code_objects(text, fn.__code__.co_filename)
+
+
+@functools.lru_cache(maxsize=64)
+def _code_objects(text, filename):
+    """Every code object that compiling ``text`` gives: functions, lambdas, comprehensions."""
+    found, todo = set(), [compile(text, filename, "exec", dont_inherit=True)]
+    while todo:
+        code = todo.pop()
+        found.add(code)
+        todo += [c for c in code.co_consts if inspect.iscode(c)]
+    return found
 
 
 @functools.cache
@@ -423,7 +463,8 @@ def _store(npz, meta, result, doc):
     if not isinstance(result, dict):
         raise TypeError(f"the experiment must return a dict, got {type(result).__name__}")
     arrays, values = _split(result)
-    text = json.dumps({**doc, "values": values}, indent=1, default=_jsonable)  # may refuse
+    doc = {**doc, "values": values}
+    json.dumps(doc, default=_jsonable)  # refuses what JSON cannot hold before writing
     temporary = []
     try:
         for suffix in (".npz", ".json"):
@@ -432,9 +473,8 @@ def _store(npz, meta, result, doc):
             temporary.append(Path(path))
         with open(temporary[0], "wb") as f:
             np.savez_compressed(f, **arrays)
-        doc = json.loads(text)
         doc["npz_sha256"] = _file_sha256(temporary[0])  # ties the two files together
-        temporary[1].write_text(json.dumps(doc, indent=1))
+        temporary[1].write_text(json.dumps(doc, indent=1, default=_jsonable))
         os.replace(temporary[0], npz)
         os.replace(temporary[1], meta)
     finally:

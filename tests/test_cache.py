@@ -244,7 +244,8 @@ def test_arrays_and_tensors_in_the_config_are_keyed_by_content():
 def test_paths_dtypes_and_other_values_in_the_config(tmp_path):
     config = {"root": Path("a/b"), "np_type": np.float32, "dtype": np.dtype("float64"),
               "torch_dtype": torch.float16, "device": torch.device("cpu"),
-              "sizes": (1, 2), "ids": {3, 1, 2}, "span": range(3), "z": 1 + 2j, "raw": b"\x00"}
+              "sizes": (1, 2), "ids": {3, 1, 2}, "span": range(3), "z": 1 + 2j, "raw": b"\x00",
+              "gen": torch.Generator().manual_seed(1)}
     result = cache.train_or_load("exp", config, _echo, root=tmp_path)
     assert CALLS == [config]  # the experiment gets the values themselves
     assert cache.train_or_load("exp", config, _echo, root=tmp_path) == result
@@ -255,7 +256,7 @@ def test_paths_dtypes_and_other_values_in_the_config(tmp_path):
     assert stored["torch_dtype"] == {"__dtype__": "torch.float16"}
     changes = {"root": Path("a/c"), "np_type": np.float64, "dtype": np.dtype("float32"),
                "torch_dtype": torch.bfloat16, "sizes": (1, 3), "ids": {1, 2}, "span": range(4),
-               "z": 1 + 3j, "raw": b"\x01"}
+               "z": 1 + 3j, "raw": b"\x01", "gen": torch.Generator().manual_seed(2)}
     keys = {_key({**config, k: v}) for k, v in changes.items()}
     assert len(keys) == len(changes) and _key(config) not in keys
 
@@ -347,6 +348,15 @@ def test_called_functions_are_followed(fn, monkeypatch):
     assert cache.code_version(fn) != before  # the called function's code counts
 
 
+def _checked(steps):
+    assert steps > 0, "pytest compiles this module itself (it rewrites asserts)"
+    return {"x": np.zeros(steps)}
+
+
+def test_a_test_module_with_asserts_is_not_taken_for_an_edited_one(tmp_path):
+    assert cache.train_or_load("exp", {"steps": 2}, _checked, root=tmp_path)["x"].shape == (2,)
+
+
 def test_recursive_experiments_have_a_version(tmp_path):
     assert cache.code_version(_recursive) != cache.code_version(_ping)
     assert cache.code_version(_ping) == cache.code_version(_ping)
@@ -396,6 +406,30 @@ def test_module_source_is_in_the_key(tmp_path, monkeypatch):
         versions[folder] = cache.code_version(module.run)
     assert versions["a"] == versions["b"]  # same code, another folder
     assert versions["a"] != versions["c"]  # a module constant changed
+
+
+def test_a_module_edited_after_its_import_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "experiment_module.py"
+    path.write_text(MODULE.format(hidden=50))
+    module = _import(path, "experiment_module", monkeypatch)
+    before = cache.code_version(module.run)
+    for edit in ("HIDDEN = 60", "HIDDEN = 70 - 20", "HIDDEN = 50\n\n\ndef added():\n    pass"):
+        path.write_text(MODULE.format(hidden=50).replace("HIDDEN = 50", edit))
+        with pytest.raises(RuntimeError, match="experiment_module.py has changed since it was "
+                                               "imported.*Restart the kernel"):
+            cache.code_version(module.run)
+    monkeypatch.syspath_prepend(tmp_path)  # where reload finds it
+    importlib.reload(module)
+    assert module.added and cache.code_version(module.run) != before
+
+
+def test_a_function_edited_before_the_file_is_read_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "experiment_module.py"
+    path.write_text(MODULE.format(hidden=50))
+    module = _import(path, "experiment_module", monkeypatch)
+    path.write_text(MODULE.format(hidden=50).replace("len(HERE.parts)", "0"))
+    with pytest.raises(RuntimeError, match="has changed since it was imported"):
+        cache.code_version(module.run)
 
 
 # --- notebooks --------------------------------------------------------------------------
