@@ -146,7 +146,7 @@ class _Describer:
         if sourced:
             return None
         if hasattr(value, "__dict__"):
-            return {"__object__": [self(type(value)), self.at(f"{type(value).__name__}", vars(value))]}
+            return {"__object__": [self(type(value)), self.at(type(value).__name__, vars(value))]}
         raise TypeError(
             f"cannot key the results cache on {' -> '.join(self.where)}: a "
             f"{type(value).__name__}, whose contents the cache cannot read. Put what it "
@@ -201,11 +201,13 @@ class _Describer:
 
     def partial(self, value, sourced):
         keywords = dict(sorted(value.keywords.items()))
-        return {"__partial__": [self(value.func, sourced), self.at("partial args", value.args),
-                                self.at("partial keywords", keywords)]}
+        return {"__partial__": [self(value.func, sourced),
+                                self.at("partial args", value.args, sourced),
+                                self.at("partial keywords", keywords, sourced)]}
 
     def method(self, value, sourced):
-        return {"__method__": [self(value.__func__, sourced), self.at("self", value.__self__)]}
+        return {"__method__": [self(value.__func__, sourced),
+                               self.at("self", value.__self__, sourced)]}
 
     def builtin(self, value, sourced):
         owner = value.__self__

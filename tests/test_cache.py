@@ -8,6 +8,7 @@ import importlib.util
 import itertools
 import json
 import linecache
+import os
 import shutil
 import subprocess
 import sys
@@ -541,24 +542,36 @@ def test_self_referencing_values_have_a_key():
 
 
 KEY_SCRIPT = """
-import linecache, sys, textwrap
+import functools, sys
 sys.path.insert(0, {tests!r})
-from test_cache import NOTEBOOK, _notebook
+import bnutils
 from bnutils import cache
+from bnutils.experiments import figure1, figure3
+from test_cache import NOTEBOOK, _notebook
 nb = _notebook(NOTEBOOK)
+print(bnutils.__file__)
 print(cache.cache_key("exp", {{"ids": {{"x", "y", "z"}}, "method": "gn"}}, nb["run"]))
+print(cache.code_version(functools.partial(sys.modules["bnutils.experiments.figure1"]._run,
+                                           progress=False)))
+print(cache.code_version(lambda **c: figure3.run_config(**c, progress=False)))
 """
 
 
-def test_keys_are_the_same_in_another_process_and_hash_seed():
+def test_keys_are_the_same_in_another_process_checkout_and_hash_seed(tmp_path):
+    """No memory address, set order or path of the checkout gets into a key."""
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(Path(bnutils.__file__).parent, copy / "bnutils",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     script = KEY_SCRIPT.format(tests=str(Path(__file__).parent))
-    keys = set()
-    for seed in ("1", "2"):
-        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+    outputs = []
+    for seed, folder in (("1", Path(bnutils.__file__).parents[1]), ("2", copy)):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(folder)}
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                             text=True, check=True)
-        keys.add(out.stdout.strip().splitlines()[-1])
-    assert len(keys) == 1
+                             text=True, check=True, cwd=folder)
+        outputs.append(out.stdout.strip().splitlines()[-4:])
+    assert outputs[0][0] == str(Path(bnutils.__file__))
+    assert outputs[1][0] == str(copy / "bnutils" / "__init__.py")
+    assert outputs[0][1:] == outputs[1][1:]
 
 
 # --- the data ---------------------------------------------------------------------------
