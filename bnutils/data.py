@@ -2,8 +2,15 @@
 
 The four IDX files of a data set are looked up in a root folder (gzip-compressed or
 not), downloaded from public mirrors when missing, and always verified against the
-SHA-256 of their *uncompressed* bytes before use. Offline with nothing local, MNIST
-falls back to a small real subset shipped inside ``bnutils`` (with a warning).
+SHA-256 of their *uncompressed* bytes before use. A mirror that fails in any way (down,
+not speaking HTTP, cutting the file short, serving a damaged or wrong file, or taking
+longer than ``DEADLINE`` seconds) is skipped for the next; nothing partial is kept.
+Offline with nothing local, MNIST falls back to a small real subset shipped inside
+``bnutils`` (with a warning); there is no such subset of Fashion-MNIST.
+
+Every load is remembered with a fingerprint of what it loaded (``loaded``): the data
+set, full or subset, and the checksums. ``bnutils.cache`` stores it with a result and
+computes the result again when the same load would now give other data.
 """
 
 import gzip
