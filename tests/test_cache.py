@@ -543,7 +543,7 @@ def test_self_referencing_values_have_a_key():
 
 KEY_SCRIPT = """
 import functools, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [sys.argv[1], {tests!r}]  # the bnutils to use, then the tests
 import bnutils
 from bnutils import cache
 from bnutils.experiments import figure1, figure3
@@ -565,9 +565,9 @@ def test_keys_are_the_same_in_another_process_checkout_and_hash_seed(tmp_path):
     script = KEY_SCRIPT.format(tests=str(Path(__file__).parent))
     outputs = []
     for seed, folder in (("1", Path(bnutils.__file__).parents[1]), ("2", copy)):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(folder)}
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                             text=True, check=True, cwd=folder)
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", script, str(folder)], env=env,
+                             capture_output=True, text=True, check=True)
         outputs.append(out.stdout.strip().splitlines()[-4:])
     assert outputs[0][0] == str(Path(bnutils.__file__))
     assert outputs[1][0] == str(copy / "bnutils" / "__init__.py")
