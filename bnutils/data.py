@@ -87,7 +87,7 @@ DATASETS = {
 SUBSET_PATH = Path(__file__).with_name("resources") / "mnist-subset.npz"
 IDX_MAGIC = {3: 2051, 1: 2049}  # ndim -> magic number of an IDX file of uint8
 READ_TIMEOUT = 30  # seconds a mirror may stay silent before it is given up
-DEADLINE = 600  # seconds one file may take from one mirror, however it trickles in
+DEADLINE = 300  # seconds one file may take from one mirror, however it trickles in
 # what a mirror that is down, cut off or not speaking HTTP raises
 _NETWORK_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
