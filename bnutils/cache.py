@@ -261,7 +261,7 @@ class _Describer:
         text = _module_text(_class_namespace(value))
         in_source = text is not None
         members = {k: self.at(f"{value.__qualname__}.{k}", _unbound(v), in_source)
-                   for k, v in vars(value).items() if not _skipped(k, v)}
+                   for k, v in vars(value).items() if not _skipped(k)}
         return {"__class__": name, "module": text and _text_digest(text),
                 "bases": [self(b) for b in value.__bases__], "members": members}
 
@@ -308,8 +308,7 @@ def _plain(value):
 
 
 def _array_digest(array):
-    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    return hashlib.sha256(flat).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _tensor_digest(tensor):
@@ -333,7 +332,7 @@ def _class_namespace(cls):
     for member in vars(cls).values():
         if isinstance(_unbound(member), types.FunctionType):
             return _unbound(member).__globals__
-    return vars(sys.modules.get(cls.__module__, types.ModuleType("unknown")))
+    return getattr(sys.modules.get(cls.__module__), "__dict__", {})
 
 
 def _unbound(member):
@@ -344,9 +343,9 @@ def _unbound(member):
     return member
 
 
-def _skipped(name, member):
-    """Class attributes that say where the class is (``__module__``, ``__firstlineno__``)."""
-    return name.startswith("__") and name.endswith("__") and not callable(_unbound(member))
+def _skipped(name):
+    """Class attributes that are no part of what it does: its line (Python 3.13), ABC's cache."""
+    return name in ("__firstlineno__", "_abc_impl")
 
 
 def _names(code, ops):
@@ -466,13 +465,10 @@ def _store(npz, meta, result, doc):
         raise TypeError(f"the experiment must return a dict, got {type(result).__name__}")
     arrays, values = _split(result)
     doc = {**doc, "values": values}
-    json.dumps(doc, default=_jsonable)  # refuses what JSON cannot hold before writing
     temporary = []
     try:
-        for suffix in (".npz", ".json"):
-            fd, path = tempfile.mkstemp(dir=npz.parent, prefix=f".{npz.stem}.", suffix=f"{suffix}.tmp")
-            os.close(fd)
-            temporary.append(Path(path))
+        for path in (npz, meta):  # hidden files next to the final ones: renaming is atomic
+            temporary.append(_temporary(path))
         with open(temporary[0], "wb") as f:
             np.savez_compressed(f, **arrays)
         doc["npz_sha256"] = _file_sha256(temporary[0])  # ties the two files together
@@ -482,6 +478,12 @@ def _store(npz, meta, result, doc):
     finally:
         for path in temporary:
             path.unlink(missing_ok=True)
+
+
+def _temporary(path):
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
 
 
 def _load(npz, meta):
@@ -529,14 +531,14 @@ def _split(tree, prefix=""):
 
 
 def _merge(arrays, other):
-    tree = other
+    """Put the arrays back into the nested dict (``_split`` kept every dict there)."""
     for flat, value in arrays.items():
         *parents, leaf = flat.split("/")
-        node = tree
+        node = other
         for p in parents:
-            node = node.setdefault(p, {})
+            node = node[p]
         node[leaf] = value
-    return tree
+    return other
 
 
 def _jsonable(value):

@@ -3,21 +3,28 @@ anything that decides them changes: the configuration, the code and the values i
 the arguments bound to it, the bnutils version, the data."""
 
 import dataclasses
+import enum
 import functools
+import hashlib
 import importlib.util
+import inspect
 import itertools
 import json
 import linecache
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import bnutils
 from bnutils import cache, data, models
@@ -30,6 +37,7 @@ def fresh_process(monkeypatch):
     """Each test starts as a new process would: no experiment run, no data loaded."""
     CALLS.clear()
     monkeypatch.setattr(data, "_LOADED", {})
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])  # see _notebook
 
 
 def _experiment(steps, lr):
@@ -114,8 +122,14 @@ def test_results_root(tmp_path, monkeypatch):
     assert cache.results_root() == tmp_path / "home" / ".cache" / "bnutils" / "results"
 
 
-@pytest.mark.parametrize("damage", ["no json", "no npz", "other npz", "bad json", "bad npz"])
-def test_incomplete_or_damaged_files_are_computed_again(tmp_path, capsys, damage):
+@pytest.mark.parametrize("damage, reason", [
+    ("no json", "only one of its two files exists"),
+    ("no npz", "only one of its two files exists"),
+    ("other npz", "the stored files cannot be read (its arrays do not belong to its metadata)"),
+    ("bad json", "the stored files cannot be read ("),
+    ("bad npz", "the stored files cannot be read (File is not a zip file)"),
+])
+def test_incomplete_or_damaged_files_are_computed_again(tmp_path, capsys, damage, reason):
     cache.train_or_load("other", {"steps": 4, "lr": 0.1}, _experiment, root=tmp_path)
     cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
     (npz,) = tmp_path.glob("exp-*.npz")
@@ -136,7 +150,7 @@ def test_incomplete_or_damaged_files_are_computed_again(tmp_path, capsys, damage
     again = cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
     assert CALLS == [(4, 0.1), (2, 0.1), (2, 0.1)]
     assert again["step"].tolist() == [0, 1]
-    assert "computing exp-" in capsys.readouterr().out
+    assert f"again: {reason}" in capsys.readouterr().out
     cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
     assert len(CALLS) == 3  # repaired: loaded from now on
 
@@ -160,13 +174,41 @@ def _bad(kind):
     return BAD_RESULTS[kind]
 
 
+BAD_RESULT_ERRORS = {
+    "object": "cannot store object in the results cache",
+    "object array": "cannot store ids in the results cache: an array of Python objects",
+    "tensor": "cannot store Tensor in the results cache",
+    "set": "cannot store set in the results cache",
+    "list": "the experiment must return a dict, got list",
+    "slash": "result keys must be strings without '/': 'a/b'",
+    "number key": "result keys must be strings without '/': 1",
+    "nested number key": "result keys must be strings without '/': 2",
+}
+
+
 def test_unstorable_results_are_refused_and_leave_nothing(tmp_path):
-    for kind in BAD_RESULTS:
-        with pytest.raises((TypeError, ValueError), match="cannot store|must be strings|a dict"):
+    for kind, message in BAD_RESULT_ERRORS.items():
+        with pytest.raises((TypeError, ValueError), match=re.escape(message)):
             cache.train_or_load("bad", {"kind": kind}, _bad, root=tmp_path)
     assert _files(tmp_path) == []  # no partial or temporary file
     ok = cache.train_or_load("bad", {}, lambda: {"ids": np.array(["a", "b"])}, root=tmp_path)
     assert ok["ids"].tolist() == ["a", "b"]  # a later good run is stored
+
+
+def test_files_are_written_under_hidden_names_then_renamed(tmp_path, monkeypatch):
+    renamed = []
+    real = os.replace
+
+    def replace(source, target):
+        renamed.append((Path(source), Path(target)))
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
+    assert [target.suffix for _, target in renamed] == [".npz", ".json"]
+    for source, target in renamed:
+        assert source.parent == target.parent == tmp_path  # same folder: an atomic rename
+        assert source.name.startswith(f".{target.name}.") and source.suffix == ".tmp"
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
@@ -182,9 +224,16 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_unkeyable_config_and_names_are_refused_before_running(tmp_path):
     import threading
 
-    for config in ({"lock": threading.Lock()}, {"ids": np.array([None, 1], dtype=object)},
-                   {1: 2}, [("steps", 2)]):
-        with pytest.raises(TypeError, match="cannot key|config must be a dict"):
+    refused = [
+        ({"lock": threading.Lock()}, "cannot key the results cache on config -> ['lock']: a "
+                                     "lock, whose contents"),
+        ({"ids": np.array([None, 1], dtype=object)},
+         "cannot key the results cache on config -> ['ids']: an array of Python objects"),
+        ({1: 2}, "config must be a dict of keyword arguments for fn, got {1: 2}"),
+        ([("steps", 2)], "config must be a dict"),
+    ]
+    for config, message in refused:
+        with pytest.raises(TypeError, match=re.escape(message)):
             cache.train_or_load("exp", config, _echo, root=tmp_path)
     for name in ("a/b", "../up", "", "with space", 3):
         with pytest.raises(ValueError, match="must be letters"):
@@ -235,11 +284,67 @@ def test_arrays_and_tensors_in_the_config_are_keyed_by_content():
     assert _key({"x": a}) != _key({"x": a.reshape(40, 50)})
     assert _key({"x": a[::2]}) == _key({"x": np.ascontiguousarray(a[::2])})
     assert _key({"x": np.float32(0.5)}) != _key({"x": 0.5})
+    assert _key({"x": np.float32(0.5)}) != _key({"x": np.float32(0.25)})
+    assert _key({"x": np.array(0.5)}) != _key({"x": np.array(0.25)})
     t = torch.arange(2000.0)
     assert _key({"x": t}) != _key({"x": t.clone().index_fill_(0, torch.tensor([7]), -1.0)})
     assert _key({"x": t}) == _key({"x": t.clone().requires_grad_()})
     assert _key({"x": t}) != _key({"x": t.double()})
     assert _key({"x": t.bfloat16()}) != _key({"x": t.half()})
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+def _sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_how_a_configuration_is_stored():
+    """The stored form of each kind of value: readable, and unambiguous where JSON is not."""
+    loop = [1]
+    loop.append(loop)
+    config = {
+        "steps": 5, "lr": 0.1, "flag": True, "none": None, "name": "bn", "sizes": (1, 2),
+        "nested": {"a": [1.5]}, "odd keys": {1: "x", "__y": 2}, "ids": {3, 1, 2},
+        "f32": np.float32(0.5), "i64": np.int64(7), "when": np.datetime64("2015-02-11"),
+        "array": np.arange(3, dtype=np.int16), "scalar array": np.array(2.5),
+        "tensor": torch.ones(2, dtype=torch.float16), "path": Path("a/b"),
+        "np dtype": np.dtype("float32"), "torch dtype": torch.bfloat16,
+        "device": torch.device("cpu"), "gen": torch.Generator().manual_seed(0),
+        "span": range(1, 5, 2), "cut": slice(1, None), "raw": b"ab", "z": 1 - 2j,
+        "color": Color.RED, "norm": nn.BatchNorm1d, "module": math, "sqrt": math.sqrt,
+        "ufunc": np.exp, "partial": functools.partial(print, sep=","), "loop": loop,
+        "memoised": functools.lru_cache(maxsize=None)(len),
+    }
+    state = torch.Generator().manual_seed(0).get_state().numpy().tobytes()
+    assert cache._Describer("config")(config) == {
+        "steps": 5, "lr": 0.1, "flag": True, "none": None, "name": "bn", "sizes": [1, 2],
+        "nested": {"a": [1.5]}, "odd keys": {"__dict__": [[1, "x"], ["__y", 2]]},
+        "ids": {"__set__": [1, 2, 3]}, "f32": {"__numpy__": ["<f4", 0.5]},
+        "i64": {"__numpy__": ["<i8", 7]},
+        "when": {"__numpy__": ["<M8[D]", _sha(np.datetime64("2015-02-11").tobytes())]},
+        "array": {"__ndarray__": ["<i2", [3], _sha(np.arange(3, dtype=np.int16).tobytes())]},
+        "scalar array": {"__ndarray__": ["<f8", [], _sha(np.float64(2.5).tobytes())]},
+        "tensor": {"__tensor__": ["torch.float16", [2], "cpu",
+                                  _sha(np.ones(2, np.float16).tobytes())]},
+        "path": {"__path__": "a/b"}, "np dtype": {"__dtype__": "float32"},
+        "torch dtype": {"__dtype__": "torch.bfloat16"}, "device": {"__device__": "cpu"},
+        "gen": {"__generator__": ["cpu", _sha(state)]}, "span": {"__range__": [1, 5, 2]},
+        "cut": {"__slice__": [1, None, None]}, "raw": {"__bytes__": _sha(b"ab")},
+        "z": {"__complex__": [1.0, -2.0]}, "color": {"__enum__": [_name(Color), "RED"]},
+        "norm": {"__class__": "torch.nn.modules.batchnorm.BatchNorm1d"},
+        "module": {"__module__": "math"}, "sqrt": {"__builtin__": "math.sqrt"},
+        "ufunc": {"__named__": "numpy.ufunc:exp"},
+        "partial": {"__partial__": [{"__builtin__": "builtins.print"}, [], {"sep": ","}]},
+        "loop": [1, {"__cycle__": "list"}],
+        "memoised": {"__wraps__": ["functools._lru_cache_wrapper", {"__builtin__": "builtins.len"}]},
+    }
+
+
+def _name(obj):
+    return f"{obj.__module__}.{obj.__qualname__}"
 
 
 def test_paths_dtypes_and_other_values_in_the_config(tmp_path):
@@ -273,6 +378,12 @@ def _first(steps):
 def _second(steps):  # same config, different code
     CALLS.append("second")
     return {"x": np.ones(steps)}
+
+
+def test_cache_key_covers_the_code():
+    assert cache.cache_key("exp", {"steps": 2}, _first) != cache.cache_key("exp", {"steps": 2},
+                                                                            _second)
+    assert cache.cache_key("exp", {}, _first).startswith("exp-")
 
 
 def test_changed_code_or_version_reruns(tmp_path, monkeypatch):
@@ -409,6 +520,36 @@ def test_module_source_is_in_the_key(tmp_path, monkeypatch):
     assert versions["a"] != versions["c"]  # a module constant changed
 
 
+SETTINGS = """
+from pathlib import Path
+
+
+class Settings:
+    hidden = {hidden}
+    here = Path(__file__).parent  # differs between checkouts: must not enter the key
+"""
+
+USES_SETTINGS = """
+from settings_module import Settings
+
+
+def run(steps):
+    return {{"h": Settings.hidden, "here": str(Settings.here)}}
+"""
+
+
+def test_a_class_of_another_module_is_keyed_by_its_source(tmp_path, monkeypatch):
+    versions = {}
+    for folder, hidden in (("a", 50), ("b", 50), ("c", 60)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "settings_module.py").write_text(SETTINGS.format(hidden=hidden))
+        _import(tmp_path / folder / "settings_module.py", "settings_module", monkeypatch)
+        (tmp_path / folder / "uses_settings.py").write_text(USES_SETTINGS.format())
+        module = _import(tmp_path / folder / "uses_settings.py", "uses_settings", monkeypatch)
+        versions[folder] = cache.code_version(module.run)
+    assert versions["a"] == versions["b"] != versions["c"]
+
+
 def test_a_module_edited_after_its_import_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "experiment_module.py"
     path.write_text(MODULE.format(hidden=50))
@@ -439,11 +580,15 @@ _CELLS = itertools.count()
 
 
 def _notebook(source, namespace=None):
-    """Run ``source`` as Jupyter runs a cell: ``__main__``, no file, the text in linecache."""
+    """Run ``source`` as Jupyter runs a cell: in ``__main__``, a module without a file,
+    with the cell's text in linecache. ``namespace=None`` starts a new kernel."""
+    if namespace is None:
+        kernel = types.ModuleType("__main__")
+        sys.modules["__main__"] = kernel  # as ipykernel does
+        namespace = kernel.__dict__
     source = textwrap.dedent(source)
     filename = f"/tmp/ipykernel_0/{next(_CELLS)}.py"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {"__name__": "__main__"} if namespace is None else namespace
     exec(compile(source, filename, "exec"), namespace)
     return namespace
 
@@ -534,6 +679,126 @@ def test_notebook_defaults_and_closures_are_keyed():
     versions = {cache.code_version(nb["make"](k)) for k in ("bn", "noisy", "bn")}
     assert len(versions) == 2
     assert cache.code_version(nb["closure"](50)) != cache.code_version(nb["closure"](60))
+
+
+def test_bound_methods_builtins_and_decorated_functions_are_followed():
+    nb = _notebook("""
+        import functools, torch
+        TABLE = {"hidden": 50}
+
+        class Runner:
+            def __init__(self, hidden):
+                self.hidden = hidden
+
+            def run(self, steps):
+                return {"h": self.hidden}
+
+        def helper(steps):
+            return {"steps": steps, "h": TABLE["hidden"]}
+
+        @torch.no_grad()
+        def decorated(steps):
+            return helper(steps)
+
+        memoised = functools.lru_cache(maxsize=None)(helper)
+    """)
+    callables = {"method": nb["Runner"](50).run, "builtin method": nb["TABLE"].get,
+                 "decorated": nb["decorated"], "memoised": nb["memoised"]}
+    before = {name: cache.code_version(fn) for name, fn in callables.items()}
+    assert cache.code_version(nb["Runner"](50).run) == before["method"]
+    assert cache.code_version(nb["Runner"](60).run) != before["method"]  # self counts
+    nb["TABLE"]["hidden"] = 60
+    _notebook("def helper(steps):\n    return {'steps': steps + 1}", nb)
+    nb["Runner"].run = nb["helper"]
+    after = {name: cache.code_version(fn) for name, fn in callables.items()}
+    assert [name for name in callables if after[name] == before[name]] == []
+
+
+def test_code_without_source_is_keyed_by_its_bytecode():
+    def compiled(body):
+        namespace = {"__name__": "__main__"}
+        exec(compile(f"def run():\n    {body}\n", "<no source>", "exec"), namespace)
+        return cache.code_version(namespace["run"])
+
+    assert compiled("return 1") == compiled("return 1")
+    assert len({compiled("return 1"), compiled("return 2"), compiled("return a()"),
+                compiled("return b()"), compiled("return frozenset({1, 2})")}) == 5
+
+
+def test_how_code_is_described():
+    """What the key of a function or a class of a notebook is made of."""
+    nb = _notebook("""
+        HIDDEN = 50
+
+        class Base:
+            def forward(self, x):
+                return x
+
+        class Noisy(Base):
+            scale = 2.0
+
+        def run(steps, lr=0.1):
+            return {"h": Noisy().forward(HIDDEN) * steps * lr}
+    """)
+    describe = cache._Describer()
+    function = describe(nb["run"])
+    assert set(function) == {"__function__", "source", "module", "defaults", "kwdefaults",
+                             "closure", "globals"}
+    assert function["__function__"] == "__main__.run" and function["module"] is None
+    assert function["defaults"] == [0.1] and function["globals"]["HIDDEN"] == 50
+    assert function["source"] == _sha(inspect.getsource(nb["run"]).encode())
+    cls = function["globals"]["Noisy"]
+    assert cls == {"__class__": "__main__.Noisy", "module": None,
+                   "bases": [describe(nb["Base"])], "members": {
+                       "__module__": "__main__", "scale": 2.0, "__doc__": None}}
+    base = describe(nb["Base"])
+    assert base["bases"] == [{"__class__": "builtins.object"}]
+    assert base["members"]["forward"]["__function__"] == "__main__.Base.forward"
+    module_function = describe(_experiment)
+    assert module_function["module"] == _sha(Path(__file__).read_bytes())
+    assert module_function["defaults"] is None and module_function["closure"] == {}
+    assert module_function["globals"]["np"] is None  # a library module of a module's code
+
+
+def test_base_classes_and_class_attributes_of_a_notebook_are_keyed():
+    nb = _notebook("""
+        import abc
+
+        class Base:
+            def forward(self, x):
+                return x
+
+        class Noisy(Base):
+            pass
+
+        class Settings:  # data only: no method tells where it was defined
+            hidden = 50
+
+        class Abstract(abc.ABC):
+            @abc.abstractmethod
+            def step(self):
+                pass
+    """)
+    versions = [cache.code_version(nb[name]) for name in ("Noisy", "Settings", "Abstract")]
+    _notebook("def forward(self, x):\n    return 2 * x\nBase.forward = forward", nb)
+    nb["Settings"].hidden = 60
+    nb["Abstract"].extra = 1
+    after = [cache.code_version(nb[name]) for name in ("Noisy", "Settings", "Abstract")]
+    assert all(a != b for a, b in zip(versions, after, strict=True))
+
+
+def test_an_unkeyable_class_attribute_names_where_it_is():
+    nb = _notebook("""
+        import threading
+
+        class Guarded:
+            lock = threading.Lock()
+
+        def run():
+            return {"x": Guarded.lock.locked()}
+    """)
+    with pytest.raises(TypeError, match=re.escape("fn -> run -> global Guarded -> Guarded.lock")):
+        cache.code_version(nb["run"])
 
 
 def test_self_referencing_values_have_a_key():
