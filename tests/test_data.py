@@ -422,3 +422,64 @@ def test_bad_split_everywhere():
     for call in (data.load_subset, data.fingerprint, data.load_mnist):
         with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
             call("validation")
+
+
+def test_default_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("BNUTILS_FASHION_DATA", str(tmp_path / "f"))
+    assert data.default_root("fashion-mnist") == tmp_path / "f"
+    monkeypatch.delenv("BNUTILS_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.default_root() == tmp_path / "xdg" / "bnutils" / "mnist"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.default_root("fashion-mnist") != tmp_path / "home"  # its variable is set
+    monkeypatch.delenv("BNUTILS_FASHION_DATA")
+    assert data.default_root("fashion-mnist") == tmp_path / "home/.cache/bnutils/fashion-mnist"
+
+
+def test_interrupted_download_leaves_nothing(mirrors, tmp_path, monkeypatch):
+    mirrors("good")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for where in ("waiting", "verifying"):
+        with monkeypatch.context() as m:
+            if where == "waiting":
+                m.setattr(threading.Thread, "join", interrupt)
+            else:
+                m.setattr(data, "_sha256", interrupt)
+            with pytest.raises(KeyboardInterrupt):
+                data.load_mnist("test", root=tmp_path)
+        time.sleep(0.5)  # the abandoned download thread notices and stops
+        assert _files(tmp_path) == []
+
+
+def test_roots_are_remembered_expanded(mirrors, tmp_path, monkeypatch):
+    mirrors("good")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data.load_mnist("test", root="~/mnist")
+    assert data.loaded()[0]["args"]["root"] == str(tmp_path / "mnist")
+
+
+def test_tensors_on_a_device_and_batches_keeping_the_rest():
+    x, y = data.mnist_tensors("test", subset=True, flatten=False, device="cpu")
+    assert x.shape == (1000, 1, 28, 28) and x.device.type == "cpu" and y.dtype == torch.int64
+    xs = torch.arange(10).float().unsqueeze(1)
+    it = data.batches(xs, torch.arange(10), 4, seed=0, drop_last=False)
+    sizes = [len(next(it)[1]) for _ in range(6)]
+    assert sizes == [4, 4, 2, 4, 4, 2]
+    it = data.batches(xs, torch.arange(10), 4, seed=0)
+    assert [len(next(it)[1]) for _ in range(4)] == [4, 4, 4, 4]
+    for bad in (0, 11):
+        with pytest.raises(ValueError, match="batch_size must be between 1 and 10"):
+            next(data.batches(xs, torch.arange(10), bad))
+    next(data.batches(xs, torch.arange(10), 10))  # the whole set is one batch
+    for n_val in (0, 10):
+        with pytest.raises(ValueError, match="n_val must be between 1 and 9"):
+            data.train_val_split(xs, torch.arange(10), n_val)
+    (_, ytr), (_, yv) = data.train_val_split(xs, torch.arange(10), 9)
+    assert len(ytr) == 1 and len(yv) == 9
+    (_, a), _ = data.train_val_split(xs, torch.arange(10), 3, seed=1)
+    (_, b), _ = data.train_val_split(xs, torch.arange(10), 3, seed=2)
+    assert not torch.equal(a, b)  # the seed decides the split
