@@ -538,6 +538,45 @@ def run(steps):
 """
 
 
+BOUND = """
+from functools import partial
+from pathlib import Path
+
+HERE = Path(__file__).parent  # differs between checkouts: must not enter the key
+
+
+class Runner:
+    def __init__(self, here):
+        self.here = here
+
+    def step(self):
+        return str(self.here)
+
+
+def _join(a, b=None):
+    return str(a) + str(b)
+
+
+step = Runner(HERE).step
+joined = partial(_join, HERE, b=HERE)
+lookup = {{"here": HERE}}.get
+
+
+def run(steps):
+    return {{"a": step(), "b": joined(), "c": str(lookup("here")), "n": {n}}}
+"""
+
+
+def test_values_bound_in_a_module_are_keyed_by_its_source(tmp_path, monkeypatch):
+    versions = {}
+    for folder, n in (("a", 1), ("b", 1), ("c", 2)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "bound_module.py").write_text(BOUND.format(n=n))
+        module = _import(tmp_path / folder / "bound_module.py", "bound_module", monkeypatch)
+        versions[folder] = cache.code_version(module.run)
+    assert versions["a"] == versions["b"] != versions["c"]
+
+
 def test_a_class_of_another_module_is_keyed_by_its_source(tmp_path, monkeypatch):
     versions = {}
     for folder, hidden in (("a", 50), ("b", 50), ("c", 60)):
@@ -707,6 +746,8 @@ def test_bound_methods_builtins_and_decorated_functions_are_followed():
     before = {name: cache.code_version(fn) for name, fn in callables.items()}
     assert cache.code_version(nb["Runner"](50).run) == before["method"]
     assert cache.code_version(nb["Runner"](60).run) != before["method"]  # self counts
+    runner = nb["Runner"](50)
+    assert cache.code_version(runner.run) != cache.code_version(runner.__init__)  # the method
     nb["TABLE"]["hidden"] = 60
     _notebook("def helper(steps):\n    return {'steps': steps + 1}", nb)
     nb["Runner"].run = nb["helper"]
@@ -721,8 +762,10 @@ def test_code_without_source_is_keyed_by_its_bytecode():
         return cache.code_version(namespace["run"])
 
     assert compiled("return 1") == compiled("return 1")
+    assert compiled("return (lambda: 1)()") == compiled("return (lambda: 1)()")  # nested code
     assert len({compiled("return 1"), compiled("return 2"), compiled("return a()"),
-                compiled("return b()"), compiled("return frozenset({1, 2})")}) == 5
+                compiled("return b()"), compiled("return (lambda: 2)()"),
+                compiled("return x in {'a', 'b'}")}) == 6
 
 
 def test_how_code_is_described():
@@ -754,6 +797,10 @@ def test_how_code_is_described():
     base = describe(nb["Base"])
     assert base["bases"] == [{"__class__": "builtins.object"}]
     assert base["members"]["forward"]["__function__"] == "__main__.Base.forward"
+    assert describe([1].copy) == {"__builtin__": ["list.copy", [1]]}
+    method = describe(Holder(2).run)
+    assert method == {"__method__": [describe(Holder.run), {"__object__": [
+        describe(Holder), {"value": 2}]}]}
     module_function = describe(_experiment)
     assert module_function["module"] == _sha(Path(__file__).read_bytes())
     assert module_function["defaults"] is None and module_function["closure"] == {}
@@ -785,6 +832,34 @@ def test_base_classes_and_class_attributes_of_a_notebook_are_keyed():
     nb["Abstract"].extra = 1
     after = [cache.code_version(nb[name]) for name in ("Noisy", "Settings", "Abstract")]
     assert all(a != b for a, b in zip(versions, after, strict=True))
+
+
+class Holder:
+    def __init__(self, value):
+        self.value = value
+
+    def run(self):
+        return {}
+
+
+def test_an_unkeyable_value_bound_to_fn_names_where_it_is():
+    import threading
+
+    lock = threading.Lock()
+    where = {
+        functools.partial(_echo, lock): "fn -> partial args -> [0]",
+        functools.partial(_echo, x=lock): "fn -> partial keywords -> ['x']",
+        Holder(lock).run: "fn -> self -> Holder -> ['value']",
+        [lock].copy: "fn -> self -> [0]",
+    }
+    for fn, path in where.items():
+        with pytest.raises(TypeError, match=re.escape(f"cannot key the results cache on {path}:")):
+            cache.code_version(fn)
+
+
+def test_a_class_from_nowhere_has_a_key():
+    loose = type("Loose", (), {"x": 1, "__module__": "not_a_module"})
+    assert cache.code_version(loose) != cache.code_version(type("Loose", (), {"x": 2}))
 
 
 def test_an_unkeyable_class_attribute_names_where_it_is():
@@ -819,6 +894,8 @@ print(cache.cache_key("exp", {{"ids": {{"x", "y", "z"}}, "method": "gn"}}, nb["r
 print(cache.code_version(functools.partial(sys.modules["bnutils.experiments.figure1"]._run,
                                            progress=False)))
 print(cache.code_version(lambda **c: figure3.run_config(**c, progress=False)))
+exec(compile("def f(x):\\n    return x in {{'bn', 'ln', 'gn', 'in'}}", "<no source>", "exec"))
+print(cache.code_version(f))  # a frozenset of strings: its order depends on the hash seed
 """
 
 
@@ -833,7 +910,7 @@ def test_keys_are_the_same_in_another_process_checkout_and_hash_seed(tmp_path):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run([sys.executable, "-c", script, str(folder)], env=env,
                              capture_output=True, text=True, check=True)
-        outputs.append(out.stdout.strip().splitlines()[-4:])
+        outputs.append(out.stdout.strip().splitlines()[-5:])
     assert outputs[0][0] == str(Path(bnutils.__file__))
     assert outputs[1][0] == str(copy / "bnutils" / "__init__.py")
     assert outputs[0][1:] == outputs[1][1:]
