@@ -491,23 +491,24 @@ def _load(npz, meta):
     if not (npz.exists() and meta.exists()):
         return None, "only one of its two files exists" if npz.exists() or meta.exists() else None
     try:
-        doc, result = _read(npz, meta)
+        used, result = _read(npz, meta)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
         return None, f"the stored files cannot be read ({err})"
-    changed = _data_changed(doc["data"])
+    changed = _data_changed(used)
     if changed:
         return None, changed
-    data.remember(doc["data"])  # the data behind it is now part of this process
+    data.remember(used)  # the data behind it is now part of this process
     return result, None
 
 
 def _read(npz, meta):
+    """The data a stored result was computed on, and the result."""
     doc = json.loads(meta.read_text())
     if doc["npz_sha256"] != _file_sha256(npz):
         raise ValueError("its arrays do not belong to its metadata")
     with np.load(npz, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    return doc, _merge(arrays, doc["values"])
+    return doc["data"], _merge(arrays, doc["values"])
 
 
 def _split(tree, prefix=""):
@@ -561,7 +562,7 @@ def _data_changed(used):
         try:
             now = data.fingerprint(**entry["args"])
         except data.DataError as err:
-            return f"the {_describe_data(was)} it was computed on cannot be loaded now ({err})"
+            return f"{_describe_data(was)}, which it was computed on, cannot be loaded now ({err})"
         if now != was:
             return (f"it was computed on {_describe_data(was)}, but loading the data now "
                     f"gives {_describe_data(now)}")

@@ -128,6 +128,7 @@ def test_results_root(tmp_path, monkeypatch):
     ("other npz", "the stored files cannot be read (its arrays do not belong to its metadata)"),
     ("bad json", "the stored files cannot be read ("),
     ("bad npz", "the stored files cannot be read (File is not a zip file)"),
+    ("old format", "the stored files cannot be read ('data')"),
 ])
 def test_incomplete_or_damaged_files_are_computed_again(tmp_path, capsys, damage, reason):
     cache.train_or_load("other", {"steps": 4, "lr": 0.1}, _experiment, root=tmp_path)
@@ -142,6 +143,9 @@ def test_incomplete_or_damaged_files_are_computed_again(tmp_path, capsys, damage
         shutil.copy(next(tmp_path.glob("other-*.npz")), npz)
     elif damage == "bad json":
         meta.write_text(meta.read_text()[:-20])
+    elif damage == "old format":  # written by an earlier bnutils
+        doc = json.loads(meta.read_text())
+        meta.write_text(json.dumps({k: v for k, v in doc.items() if k != "data"}))
     else:
         npz.write_bytes(npz.read_bytes()[:30])
         doc = json.loads(meta.read_text())
@@ -1016,5 +1020,6 @@ def test_data_that_cannot_be_loaded_now_means_computing_again(offline_mnist, tmp
     capsys.readouterr()
     with pytest.raises(data.DataError, match="checksum mismatch for .*t10k-labels"):
         cache.train_or_load("labels", {"root": str(folder)}, _count_labels, root=tmp_path)
-    assert "it was computed on cannot be loaded now" in capsys.readouterr().out
+    assert "the full mnist (test), which it was computed on, cannot be loaded now (checksum " \
+           "mismatch" in capsys.readouterr().out
     assert CALLS == [10_000]
