@@ -93,6 +93,21 @@ def test_results_are_stored_without_pickle(tmp_path):
     assert doc["values"]["runs"] == {"a": {"diverged": False}}
 
 
+def test_a_pickled_array_on_disk_is_never_unpickled(tmp_path, capsys):
+    cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
+    (npz,) = tmp_path.glob("*.npz")
+    meta = npz.with_suffix(".json")
+    assert meta.read_text().count("\n") > 10  # people read it: one entry a line
+    np.savez(npz, step=np.array([print], dtype=object))  # as an older bnutils could write
+    doc = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**doc, "npz_sha256": cache._file_sha256(npz)}))
+    capsys.readouterr()
+    again = cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
+    assert "cannot be read (Object arrays cannot be loaded when allow_pickle=False)" in \
+        capsys.readouterr().out
+    assert again["step"].tolist() == [0, 1] and len(CALLS) == 2
+
+
 def test_nested_root_that_does_not_exist_yet(tmp_path):
     root = tmp_path / "a" / "b" / "c"
     cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=root)
@@ -885,41 +900,6 @@ def test_self_referencing_values_have_a_key():
     assert cache.code_version(nb["run"]).startswith(bnutils.__version__)
 
 
-KEY_SCRIPT = """
-import functools, sys
-sys.path[:0] = [sys.argv[1], {tests!r}]  # the bnutils to use, then the tests
-import bnutils
-from bnutils import cache
-from bnutils.experiments import figure1, figure3
-from test_cache import NOTEBOOK, _notebook
-nb = _notebook(NOTEBOOK)
-print(bnutils.__file__)
-print(cache.cache_key("exp", {{"ids": {{"x", "y", "z"}}, "method": "gn"}}, nb["run"]))
-print(cache.code_version(functools.partial(sys.modules["bnutils.experiments.figure1"]._run,
-                                           progress=False)))
-print(cache.code_version(lambda **c: figure3.run_config(**c, progress=False)))
-exec(compile("def f(x):\\n    return x in {{'bn', 'ln', 'gn', 'in'}}", "<no source>", "exec"))
-print(cache.code_version(f))  # a frozenset of strings: its order depends on the hash seed
-"""
-
-
-def test_keys_are_the_same_in_another_process_checkout_and_hash_seed(tmp_path):
-    """No memory address, set order or path of the checkout gets into a key."""
-    copy = tmp_path / "elsewhere"
-    shutil.copytree(Path(bnutils.__file__).parent, copy / "bnutils",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    script = KEY_SCRIPT.format(tests=str(Path(__file__).parent))
-    outputs = []
-    for seed, folder in (("1", Path(bnutils.__file__).parents[1]), ("2", copy)):
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", script, str(folder)], env=env,
-                             capture_output=True, text=True, check=True)
-        outputs.append(out.stdout.strip().splitlines()[-5:])
-    assert outputs[0][0] == str(Path(bnutils.__file__))
-    assert outputs[1][0] == str(copy / "bnutils" / "__init__.py")
-    assert outputs[0][1:] == outputs[1][1:]
-
-
 # --- the data ---------------------------------------------------------------------------
 
 
@@ -1023,3 +1003,41 @@ def test_data_that_cannot_be_loaded_now_means_computing_again(offline_mnist, tmp
     assert "the full mnist (test), which it was computed on, cannot be loaded now (checksum " \
            "mismatch" in capsys.readouterr().out
     assert CALLS == [10_000]
+
+
+# --- slow: other processes -------------------------------------------------------
+
+
+KEY_SCRIPT = """
+import functools, sys
+sys.path[:0] = [sys.argv[1], {tests!r}]  # the bnutils to use, then the tests
+import bnutils
+from bnutils import cache
+from bnutils.experiments import figure1, figure3
+from test_cache import NOTEBOOK, _notebook
+nb = _notebook(NOTEBOOK)
+print(bnutils.__file__)
+print(cache.cache_key("exp", {{"ids": {{"x", "y", "z"}}, "method": "gn"}}, nb["run"]))
+print(cache.code_version(functools.partial(sys.modules["bnutils.experiments.figure1"]._run,
+                                           progress=False)))
+print(cache.code_version(lambda **c: figure3.run_config(**c, progress=False)))
+exec(compile("def f(x):\\n    return x in {{'bn', 'ln', 'gn', 'in'}}", "<no source>", "exec"))
+print(cache.code_version(f))  # a frozenset of strings: its order depends on the hash seed
+"""
+
+
+def test_keys_are_the_same_in_another_process_checkout_and_hash_seed(tmp_path):
+    """No memory address, set order or path of the checkout gets into a key."""
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(Path(bnutils.__file__).parent, copy / "bnutils",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = KEY_SCRIPT.format(tests=str(Path(__file__).parent))
+    outputs = []
+    for seed, folder in (("1", Path(bnutils.__file__).parents[1]), ("2", copy)):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", script, str(folder)], env=env,
+                             capture_output=True, text=True, check=True)
+        outputs.append(out.stdout.strip().splitlines()[-5:])
+    assert outputs[0][0] == str(Path(bnutils.__file__))
+    assert outputs[1][0] == str(copy / "bnutils" / "__init__.py")
+    assert outputs[0][1:] == outputs[1][1:]
