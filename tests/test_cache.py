@@ -787,6 +787,33 @@ def test_code_without_source_is_keyed_by_its_bytecode():
                 compiled("return x in {'a', 'b'}")}) == 6
 
 
+def _order_dependent_strings():
+    """Two strings that a set holds in the order they were put in (they share a slot)."""
+    for a, b in itertools.combinations((f"s{i}" for i in range(100)), 2):
+        if list(frozenset([a, b])) != list(frozenset([b, a])):
+            return a, b
+    raise AssertionError("no two strings share a slot")
+
+
+def test_set_order_does_not_enter_a_key():
+    a, b = _order_dependent_strings()
+    assert _key({"x": {a, b}}) == _key({"x": {b, a}})
+
+    def compiled(body):
+        namespace = {"__name__": "__main__"}
+        exec(compile(f"def run(x):\n    {body}\n", "<no source>", "exec"), namespace)
+        return cache.code_version(namespace["run"])
+
+    assert compiled(f"return x in {{{a!r}, {b!r}}}") == compiled(f"return x in {{{b!r}, {a!r}}}")
+
+
+def test_a_class_key_does_not_depend_on_its_line():
+    source = "class Noisy:\n    def forward(self, x):\n        return x\n"
+    versions = {cache.code_version(_notebook("\n" * lines + source)["Noisy"])
+                for lines in (0, 5)}
+    assert len(versions) == 1
+
+
 def test_how_code_is_described():
     """What the key of a function or a class of a notebook is made of."""
     nb = _notebook("""
