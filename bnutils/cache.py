@@ -97,12 +97,11 @@ def _key(name, config, fn):
         raise TypeError(f"config must be a dict of keyword arguments for fn, got {config!r}")
     stored = _Describer("config")(dict(sorted(config.items())))
     code = code_version(fn)
-    return f"{name}-{_digest({'config': stored, 'code': code})[:16]}", stored, code
+    return f"{name}-{_digest([stored, code])[:16]}", stored, code
 
 
 def _digest(description):
-    text = json.dumps(description, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(description).encode()).hexdigest()
 
 
 # --- describing a value and the code behind it ---------------------------------------

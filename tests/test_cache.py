@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import types
 from pathlib import Path
@@ -62,6 +63,7 @@ def _files(folder):
 
 def test_second_call_loads_identical_result(tmp_path, capsys):
     first = cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, _experiment, root=tmp_path)
+    assert capsys.readouterr().out == ""  # computed for the first time: nothing to explain
     second = cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, _experiment, root=tmp_path)
     assert CALLS == [(5, 0.1)]
     np.testing.assert_array_equal(first["acc"], second["acc"])
@@ -251,6 +253,10 @@ def test_unkeyable_config_and_names_are_refused_before_running(tmp_path):
         ({1: 2}, "config must be a dict of keyword arguments for fn, got {1: 2}"),
         ([("steps", 2)], "config must be a dict"),
     ]
+    refused += [
+        ({"s": {threading.Lock()}}, "cannot key the results cache on config -> ['s'] -> a set:"),
+        ({"d": {1: threading.Lock()}}, "cannot key the results cache on config -> ['d'] -> [1]:"),
+    ]
     for config, message in refused:
         with pytest.raises(TypeError, match=re.escape(message)):
             cache.train_or_load("exp", config, _echo, root=tmp_path)
@@ -397,6 +403,16 @@ def _first(steps):
 def _second(steps):  # same config, different code
     CALLS.append("second")
     return {"x": np.ones(steps)}
+
+
+def test_key_and_version_formats():
+    assert re.fullmatch(r"Figure1-A\.v2_b-[0-9a-f]{16}", _key_named("Figure1-A.v2_b"))
+    assert re.fullmatch(re.escape(bnutils.__version__) + r"\+[0-9a-f]{12}",
+                        cache.code_version(_first))
+
+
+def _key_named(name):
+    return cache.cache_key(name, {}, _first)
 
 
 def test_cache_key_covers_the_code():
@@ -606,6 +622,49 @@ def test_a_class_of_another_module_is_keyed_by_its_source(tmp_path, monkeypatch)
         module = _import(tmp_path / folder / "uses_settings.py", "uses_settings", monkeypatch)
         versions[folder] = cache.code_version(module.run)
     assert versions["a"] == versions["b"] != versions["c"]
+
+
+def test_a_module_a_notebook_uses_is_keyed_by_its_source(tmp_path, monkeypatch):
+    versions = {}
+    for folder, hidden in (("a", 50), ("b", 50), ("c", 60)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "settings_module.py").write_text(
+            f"from pathlib import Path\nHIDDEN = {hidden}\nHERE = Path(__file__).parent\n")
+        module = _import(tmp_path / folder / "settings_module.py", "settings_module", monkeypatch)
+        nb = _notebook("def run():\n    return {'h': sm.HIDDEN, 'here': str(sm.HERE)}")
+        nb["sm"] = module
+        versions[folder] = cache.code_version(nb["run"])
+        assert cache._Describer()(module) == {
+            "__module__": "settings_module",
+            "source": _sha((tmp_path / folder / "settings_module.py").read_bytes())}
+    assert versions["a"] == versions["b"] != versions["c"]
+
+
+@dataclasses.dataclass
+class Point:  # its __init__ is made by exec(): no line of this file is its source
+    x: float = 0.0
+
+
+def test_a_dataclass_of_a_module_has_a_key():
+    assert cache.code_version(Point) == cache.code_version(Point)
+
+
+def test_a_read_only_results_folder_fails_before_running(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the write fail as it would for a user
+        real = tempfile.TemporaryFile
+
+        def refuse(*args, dir=None, **kwargs):
+            if Path(dir) == folder:
+                raise PermissionError(13, "Permission denied", str(folder))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(OSError, match="cannot store results in .*ro"):
+        cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=folder)
+    assert CALLS == []
 
 
 def test_a_module_edited_after_its_import_is_refused(tmp_path, monkeypatch):
@@ -888,6 +947,14 @@ class Holder:
         return {}
 
 
+def _guarded(lock):
+    def run():
+        with lock:
+            return {}
+
+    return run
+
+
 def test_an_unkeyable_value_bound_to_fn_names_where_it_is():
     import threading
 
@@ -897,6 +964,7 @@ def test_an_unkeyable_value_bound_to_fn_names_where_it_is():
         functools.partial(_echo, x=lock): "fn -> partial keywords -> ['x']",
         Holder(lock).run: "fn -> self -> Holder -> ['value']",
         [lock].copy: "fn -> self -> [0]",
+        _guarded(lock): "fn -> _guarded.<locals>.run -> lock",
     }
     for fn, path in where.items():
         with pytest.raises(TypeError, match=re.escape(f"cannot key the results cache on {path}:")):
