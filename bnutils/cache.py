@@ -216,10 +216,7 @@ class _Describer:
 
     def function(self, value, sourced):
         name = f"{value.__module__}.{value.__qualname__}"
-        if _is_library(value.__module__):
-            wrapped = getattr(value, "__wrapped__", None)  # e.g. @torch.no_grad()
-            if wrapped is not None:
-                return {"__function__": name, "wraps": self(wrapped, sourced)}
+        if _is_library(value.__module__):  # a decorated function of ours has our module
             return None if sourced else {"__function__": name}
         text = _module_text(value.__globals__)
         if text is not None and _edited_since_import(value, text):

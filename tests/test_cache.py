@@ -341,7 +341,7 @@ def test_how_a_configuration_is_stored():
         "span": range(1, 5, 2), "cut": slice(1, None), "raw": b"ab", "z": 1 - 2j,
         "color": Color.RED, "norm": nn.BatchNorm1d, "module": math, "sqrt": math.sqrt,
         "ufunc": np.exp, "partial": functools.partial(print, sep=","), "loop": loop,
-        "memoised": functools.lru_cache(maxsize=None)(len),
+        "memoised": functools.lru_cache(maxsize=None)(len), "dumps": json.dumps,
     }
     state = torch.Generator().manual_seed(0).get_state().numpy().tobytes()
     assert cache._Describer("config")(config) == {
@@ -365,6 +365,7 @@ def test_how_a_configuration_is_stored():
         "partial": {"__partial__": [{"__builtin__": "builtins.print"}, [], {"sep": ","}]},
         "loop": [1, {"__cycle__": "list"}],
         "memoised": {"__wraps__": ["functools._lru_cache_wrapper", {"__builtin__": "builtins.len"}]},
+        "dumps": {"__function__": "json.dumps"},
     }
 
 
@@ -538,8 +539,8 @@ HIDDEN = {hidden}
 HERE = Path(__file__).parent  # differs between checkouts: must not enter the key
 
 
-def run(steps):
-    return {{"h": np.full(steps, HIDDEN), "here": len(HERE.parts)}}
+def run(steps, here=HERE):
+    return {{"h": np.full(steps, HIDDEN), "here": len(here.parts)}}
 """
 
 
@@ -686,8 +687,8 @@ def test_a_function_edited_before_the_file_is_read_is_refused(tmp_path, monkeypa
     path = tmp_path / "experiment_module.py"
     path.write_text(MODULE.format(hidden=50))
     module = _import(path, "experiment_module", monkeypatch)
-    path.write_text(MODULE.format(hidden=50).replace("len(HERE.parts)", "0"))
-    with pytest.raises(RuntimeError, match="has changed since it was imported"):
+    path.write_text(MODULE.format(hidden=50).replace("len(here.parts)", "0"))
+    with pytest.raises(RuntimeError, match="experiment_module.py has changed since it was imported"):
         cache.code_version(module.run)
 
 
@@ -782,6 +783,15 @@ def test_notebook_class_definitions_are_keyed():
     before = cache.code_version(nb["Noisy"])
     _notebook("def _f(self):\n    return 1\nNoisy.extra = _f", nb)
     assert cache.code_version(nb["Noisy"]) != before
+
+
+def _make(kind):
+    return lambda steps, kind=kind: {"kind": kind}
+
+
+def test_defaults_made_at_run_time_in_a_module_are_keyed():
+    versions = {cache.code_version(_make(k)) for k in ("bn", "noisy", "bn")}
+    assert len(versions) == 2
 
 
 def test_notebook_defaults_and_closures_are_keyed():
