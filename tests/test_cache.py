@@ -539,8 +539,8 @@ HIDDEN = {hidden}
 HERE = Path(__file__).parent  # differs between checkouts: must not enter the key
 
 
-def run(steps, here=HERE):
-    return {{"h": np.full(steps, HIDDEN), "here": len(here.parts)}}
+def run(steps, here=HERE, *, where=HERE):
+    return {{"h": np.full(steps, HIDDEN), "here": len(here.parts) + len(where.parts)}}
 """
 
 
@@ -792,6 +792,26 @@ def _make(kind):
 def test_defaults_made_at_run_time_in_a_module_are_keyed():
     versions = {cache.code_version(_make(k)) for k in ("bn", "noisy", "bn")}
     assert len(versions) == 2
+
+
+def test_defaults_are_keyed_as_they_were_when_defined():
+    nb = _notebook("H = 1\ndef run(h=H):\n    return h\ndef kw(*, h=H):\n    return h\n")
+    before = [cache.code_version(nb["run"]), cache.code_version(nb["kw"])]
+    nb["H"] = 2  # the defaults stay 1: the keys too
+    assert [cache.code_version(nb["run"]), cache.code_version(nb["kw"])] == before
+    _notebook("H = 2\ndef run(h=H):\n    return h\ndef kw(*, h=H):\n    return h\n", nb)
+    after = [cache.code_version(nb["run"]), cache.code_version(nb["kw"])]
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_a_module_without_a_python_source_file_is_keyed_by_its_values(tmp_path):
+    binary = tmp_path / "compiled.so"
+    binary.write_bytes(b"\x7fELF\xff\xfe\x00")
+    namespace = {"__name__": "compiled", "__file__": str(binary), "H": 1}
+    exec("def run():\n    return H\n", namespace)
+    before = cache.code_version(namespace["run"])
+    namespace["H"] = 2
+    assert cache.code_version(namespace["run"]) != before
 
 
 def test_notebook_defaults_and_closures_are_keyed():
