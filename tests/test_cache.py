@@ -804,14 +804,39 @@ def test_defaults_are_keyed_as_they_were_when_defined():
     assert after[0] != before[0] and after[1] != before[1]
 
 
-def test_a_module_without_a_python_source_file_is_keyed_by_its_values(tmp_path):
+def test_code_made_on_the_fly_is_keyed_by_its_values(tmp_path):
     binary = tmp_path / "compiled.so"
     binary.write_bytes(b"\x7fELF\xff\xfe\x00")
-    namespace = {"__name__": "compiled", "__file__": str(binary), "H": 1}
-    exec("def run():\n    return H\n", namespace)
-    before = cache.code_version(namespace["run"])
-    namespace["H"] = 2
-    assert cache.code_version(namespace["run"]) != before
+    namespaces = [{"__name__": "compiled", "__file__": str(binary)},  # no Python source
+                  {"__name__": "made_on_the_fly"},  # no module of that name
+                  {}]  # no name at all
+    for namespace in namespaces:
+        exec("H = 1\ndef run():\n    return H\n", namespace)
+        before = cache.code_version(namespace["run"])
+        namespace["H"] = 2
+        assert cache.code_version(namespace["run"]) != before
+
+
+def test_bnutils_is_followed_where_it_is_installed(monkeypatch):
+    nb = _notebook("from bnutils import models\ndef run():\n    return models.mlp()\n")
+    before = cache.code_version(nb["run"])
+    installed = str(Path(bnutils.__file__).parents[1].resolve()) + os.sep  # as in site-packages
+    monkeypatch.setattr(cache, "_library_folders", lambda: (installed,))
+    assert cache.code_version(nb["run"]) == before
+    monkeypatch.setattr(models, "mlp", lambda: None)
+    assert cache.code_version(nb["run"]) != before
+
+
+def test_an_object_of_ours_with_a_name_is_keyed_by_its_state():
+    nb = _notebook("""
+        class Step:
+            def __init__(self, lr):
+                self.__name__, self.lr = "step", lr
+
+            def __call__(self, steps):
+                return {"lr": self.lr}
+    """)
+    assert cache.code_version(nb["Step"](0.1)) != cache.code_version(nb["Step"](0.2))
 
 
 def test_notebook_defaults_and_closures_are_keyed():
