@@ -2,18 +2,28 @@
 
 The four IDX files of a data set are looked up in a root folder (gzip-compressed or
 not), downloaded from public mirrors when missing, and always verified against the
-SHA-256 of their *uncompressed* bytes before use. Offline with nothing local, MNIST
-falls back to a small real subset shipped inside ``bnutils`` (with a warning).
+SHA-256 of their *uncompressed* bytes before use. A mirror that fails in any way (down,
+not speaking HTTP, cutting the file short, serving a damaged or wrong file, or taking
+longer than ``DEADLINE`` seconds) is skipped for the next; nothing partial is kept.
+Offline with nothing local, MNIST falls back to a small real subset shipped inside
+``bnutils`` (with a warning); there is no such subset of Fashion-MNIST.
+
+Every load is remembered with a fingerprint of what it loaded (``loaded``): the data
+set, full or subset, and the checksums. ``bnutils.cache`` stores it with a result and
+computes the result again when the same load would now give other data.
 """
 
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +86,10 @@ DATASETS = {
 
 SUBSET_PATH = Path(__file__).with_name("resources") / "mnist-subset.npz"
 IDX_MAGIC = {3: 2051, 1: 2049}  # ndim -> magic number of an IDX file of uint8
+READ_TIMEOUT = 30  # seconds a mirror may stay silent before it is given up
+DEADLINE = 300  # seconds one file may take from one mirror, however it trickles in
+# what a mirror that is down, cut off or not speaking HTTP raises
+_NETWORK_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 
 class DataError(RuntimeError):
@@ -98,26 +112,16 @@ def load_mnist(split="train", root=None, download=True, subset=False, dataset="m
     Returns ``images: (N, 28, 28) uint8`` and ``labels: (N,) uint8``.
     ``root``: the folder with the four IDX files; default ``default_root(dataset)``.
     ``download``: fetch missing files from the public mirrors.
-    ``subset=True`` returns the small real MNIST subset bundled with ``bnutils``.
+    ``subset=True`` returns the small real MNIST subset bundled with ``bnutils`` (there
+    is none of Fashion-MNIST).
+    Every call is remembered (see ``loaded``), so that ``bnutils.cache`` can tell which
+    data a result was computed on.
     """
-    if split not in FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    spec = _spec(dataset)
-    if subset:
-        return load_subset(split)
-    root = Path(root).expanduser() if root is not None else default_root(dataset)
-    try:
-        paths = [_ensure_file(spec, root, name, download) for name in FILES[split]]
-    except DataError as err:
-        if spec.name != "mnist" or not _offline(err):
-            raise
-        warnings.warn(
-            f"{err}\nFalling back to the small MNIST subset bundled with bnutils "
-            f"({_subset_size(split)} {split} images): results will differ from the full "
-            f"data set. To use the full data set, put the four MNIST files in a folder "
-            f"and set BNUTILS_DATA to it, or connect to the internet.",
-            stacklevel=2,
-        )
+    paths = _locate(split, root, download, subset, dataset)
+    args = {"split": split, "root": _as_text(root), "download": download, "subset": subset,
+            "dataset": dataset}
+    remember([{"args": args, "data": _fingerprint(dataset, split, paths)}])
+    if paths is None:
         return load_subset(split)
     images = _read_idx(paths[0], ndim=3)
     labels = _read_idx(paths[1], ndim=1)
@@ -133,12 +137,98 @@ def load_fashion_mnist(split="train", root=None, download=True):
 
 def load_subset(split="train"):
     """The bundled stratified subset of real MNIST (see ``bnutils/resources/README.md``)."""
-    with np.load(SUBSET_PATH) as z:
+    if split not in FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    with np.load(SUBSET_PATH, allow_pickle=False) as z:
         return z[f"{split}_images"].copy(), z[f"{split}_labels"].copy()
 
 
+# --- which data a run used: for bnutils.cache --------------------------------------
+
+_LOADED = {}  # every load_mnist call of this process: its arguments -> what it loaded
+
+
+def loaded():
+    """The data this process has loaded so far, one entry per ``load_mnist`` call.
+
+    Each entry is ``{"args": ..., "data": ...}``: the arguments, which ``fingerprint``
+    takes to tell what the same call would load now, and that fingerprint at the time.
+    """
+    return [dict(entry) for entry in _LOADED.values()]
+
+
+def remember(entries):
+    """Count ``entries`` (as ``loaded`` returns them) as loaded by this process.
+
+    ``bnutils.cache`` calls it for the data behind a result it loads from disk.
+    """
+    for entry in entries:
+        _LOADED[tuple(sorted(entry["args"].items()))] = entry
+
+
+def fingerprint(split="train", root=None, download=True, subset=False, dataset="mnist"):
+    """What ``load_mnist`` with these arguments loads now, without reading the images.
+
+    Returns ``{"dataset", "split", "source", "sha256"}``: ``source`` is ``"full"`` (the
+    published files, verified against ``sha256``) or ``"subset"`` (the bundled file,
+    asked for or fallen back to offline). It may download, as ``load_mnist`` would.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback warns when the data is loaded
+        paths = _locate(split, root, download, subset, dataset)
+    return _fingerprint(dataset, split, paths)
+
+
+def _fingerprint(dataset, split, paths):
+    spec = _spec(dataset)
+    if paths is None:
+        return {"dataset": spec.name, "split": split, "source": "subset",
+                "sha256": {SUBSET_PATH.name: _file_sha256(SUBSET_PATH)}}
+    return {"dataset": spec.name, "split": split, "source": "full",
+            "sha256": {name: spec.sha256[name] for name in FILES[split]}}
+
+
+def _as_text(root):
+    return None if root is None else str(Path(root).expanduser())
+
+
+def _file_sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --- finding, verifying and downloading the files ----------------------------------
+
+
+def _locate(split, root, download, subset, dataset):
+    """The verified image and label files of ``split``, or None for the bundled subset."""
+    if split not in FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    spec = _spec(dataset)
+    if subset and spec.name != "mnist":
+        raise ValueError(
+            f"subset=True gives the small MNIST subset bundled with bnutils; there is no "
+            f"{spec.name} subset. Load the full {spec.name} files (set {spec.env})."
+        )
+    if subset:
+        return None
+    root = Path(root).expanduser() if root is not None else default_root(dataset)
+    try:
+        return [_ensure_file(spec, root, name, download) for name in FILES[split]]
+    except _Offline as err:
+        if spec.name != "mnist":
+            raise
+        warnings.warn(
+            f"{err}\nFalling back to the small MNIST subset bundled with bnutils "
+            f"({_subset_size(split)} {split} images): results will differ from the full "
+            f"data set. To use the full data set, put the four MNIST files in a folder "
+            f"and set BNUTILS_DATA to it, or connect to the internet.",
+            stacklevel=3,
+        )
+        return None
+
+
 def _subset_size(split):
-    with np.load(SUBSET_PATH) as z:
+    with np.load(SUBSET_PATH, allow_pickle=False) as z:
         return len(z[f"{split}_labels"])
 
 
@@ -150,11 +240,7 @@ def _spec(dataset):
 
 
 class _Offline(DataError):
-    """No mirror could be reached (as opposed to a mirror serving bad bytes)."""
-
-
-def _offline(err):
-    return isinstance(err, _Offline)
+    """No mirror could deliver the file (as opposed to a mirror serving bad bytes)."""
 
 
 def _ensure_file(spec, root, name, download):
@@ -182,14 +268,25 @@ def _uncompressed_bytes(path):
         opener = gzip.open if _is_gzip(path) else open
         with opener(path, "rb") as f:
             return f.read()
-    except (OSError, EOFError) as err:  # bad gzip header, truncated archive
+    except (OSError, EOFError, zlib.error) as err:  # bad header, truncated or damaged body
         raise DataError(
             f"{path} is corrupt or truncated ({err}). Delete it and load again to re-download."
         ) from err
 
 
+_VERIFIED = {}  # (path, size, mtime) -> SHA-256: each file is hashed once per process
+
+
+def _sha256(path):
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = hashlib.sha256(_uncompressed_bytes(path)).hexdigest()
+    return _VERIFIED[key]
+
+
 def _verify(path, expected):
-    digest = hashlib.sha256(_uncompressed_bytes(path)).hexdigest()
+    digest = _sha256(path)
     if digest != expected:
         raise DataError(
             f"checksum mismatch for {path}: SHA-256 of its uncompressed bytes is {digest}, "
@@ -199,56 +296,123 @@ def _verify(path, expected):
 
 
 def _download(spec, root, name):
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=root, delete=True)
-        probe.close()
-    except OSError as err:
-        raise DataError(
-            f"cannot write to the data folder {root} ({err}). Pass another root=, or set "
-            f"{spec.env} to a writable folder."
-        ) from err
-    errors = []
-    reached_any = False
+    """Fetch ``name`` into ``root`` from the first mirror that serves it intact."""
+    if not _can_write(root):
+        if not _reachable(spec, name):
+            raise _Offline(f"{name} of {spec.name} is not in {root}, which is read-only, "
+                           f"and no mirror can be reached.")
+        raise DataError(f"cannot write to the data folder {root}. Pass another root=, or set "
+                        f"{spec.env} to a writable folder.")
+    errors, reached = [], False
     for base in spec.mirrors:
         url = f"{base}{name}.gz"
         try:
-            tmp = _fetch(url, root)
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
-            errors.append(f"{url}: {err}")
+            part = _fetch(url, root)
+        except _NETWORK_ERRORS as err:
+            errors.append(f"{url}: {type(err).__name__}: {err}")
             continue
-        reached_any = True
-        try:
-            _verify(tmp, spec.sha256[name])
-        except DataError as err:
-            tmp.unlink(missing_ok=True)
-            errors.append(f"{url}: served a bad file ({err})")
+        reached = True
+        problem = _problem(part, spec.sha256[name])
+        if problem:
+            _remove(part)
+            errors.append(f"{url}: served a bad file ({problem})")
             continue
-        final = root / (f"{name}.gz" if _is_gzip(tmp) else name)
-        os.replace(tmp, final)
+        final = root / (f"{name}.gz" if _is_gzip(part) else name)
+        os.replace(part, final)
         return final
-    kind = DataError if reached_any else _Offline
-    raise kind(f"could not download {name} of {spec.name}:\n  " + "\n  ".join(errors))
+    kind = DataError if reached else _Offline
+    raise kind(
+        f"could not download {name} of {spec.name}:\n  " + "\n  ".join(errors)
+        + f"\nCheck the internet connection, or download {name}.gz yourself and put it "
+        f"in {root} (or set {spec.env} to the folder that has it)."
+    )
 
 
-def _fetch(url, folder, timeout=30):
-    """Download ``url`` into a temporary file in ``folder``, with a progress bar."""
+def _problem(path, expected):
+    """What is wrong with a downloaded file, or None when it is the original."""
+    try:
+        digest = _sha256(path)
+    except DataError as err:
+        return f"corrupt or truncated: {err.__cause__}"
+    except BaseException:
+        _remove(path)
+        raise
+    if digest != expected:
+        return f"checksum mismatch: SHA-256 of its uncompressed bytes is {digest}"
+    return None
+
+
+def _can_write(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _reachable(spec, name):
+    """Whether any mirror answers at all (asked only when the data folder is read-only)."""
+    for base in spec.mirrors:
+        request = urllib.request.Request(f"{base}{name}.gz", method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=READ_TIMEOUT):
+                return True
+        except urllib.error.HTTPError:
+            return True  # a server answered, if only with an error
+        except _NETWORK_ERRORS:
+            continue
+    return False
+
+
+def _remove(path):
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:  # still open elsewhere (Windows): its writer removes it
+        pass
+
+
+def _fetch(url, folder):
+    """Download ``url`` into a new ``.part`` file in ``folder`` within ``DEADLINE`` s.
+
+    A helper thread does the copying, so that a mirror sending a byte now and then
+    (each read well within ``READ_TIMEOUT``) cannot hold the loader past the deadline.
+    """
+    fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
+    part, stop, failures = Path(name), threading.Event(), []
+    worker = threading.Thread(target=_copy, args=(url, os.fdopen(fd, "wb"), part, stop, failures),
+                              daemon=True)
+    try:
+        worker.start()
+        worker.join(DEADLINE)
+        if worker.is_alive():
+            failures.append(TimeoutError(f"the download took longer than {DEADLINE} s"))
+        if failures:
+            raise failures[0]
+    except BaseException:
+        stop.set()
+        _remove(part)
+        raise
+    return part
+
+
+def _copy(url, out, part, stop, failures):
+    """Copy ``url`` into the open file ``out``, with a progress bar; stop when ``stop`` is set."""
     from tqdm.auto import tqdm
 
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]
-            ) as bar:
-                while chunk := response.read(1 << 16):
+    try:
+        with out, urllib.request.urlopen(url, timeout=READ_TIMEOUT) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
+                while not stop.is_set() and (chunk := response.read1(1 << 16)):
                     out.write(chunk)
                     bar.update(len(chunk))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return Path(tmp)
+            if response.length:  # the server closed the connection early
+                raise http.client.IncompleteRead(b"", response.length)
+    except BaseException as err:  # reported by the thread that waits for this one
+        failures.append(err)
+    if stop.is_set():
+        _remove(part)
 
 
 def _read_idx(path, ndim):

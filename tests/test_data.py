@@ -1,11 +1,17 @@
 """bnutils.data: real MNIST files, the download path over a local HTTP server, bad input."""
 
+import contextlib
 import dataclasses
 import functools
 import gzip
+import hashlib
 import http.server
+import os
 import shutil
+import socketserver
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,43 +34,92 @@ def mnist_root():
     return root
 
 
-def _serve(folder, corrupt=False):
-    """A local HTTP mirror of ``folder`` (serving garbage when ``corrupt``)."""
+def _damaged(raw):
+    """``raw`` as a gzip file whose header is fine but whose compressed body is not."""
+    blob = gzip.compress(raw, mtime=0)  # a 10-byte header: the body starts at byte 10
+    return blob[:10] + b"\xff" * 20 + blob[30:]
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
 
-        def send_head(self):
-            if not corrupt:
-                return super().send_head()
-            body = gzip.compress(b"\x00" * 1000)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return None
+def _serve(folder, kind="good"):
+    """A local mirror of ``folder`` on 127.0.0.1 that serves files of the given kind.
 
-    handler = functools.partial(Handler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    good: the files; missing: 404; corrupt: another valid gzip file; damaged: a gzip
+    file with a broken body; cut, cut-chunked: close the connection in the middle of the
+    body (announced by its length, or in chunks); slow:
+    a byte every 50 ms; not-http: answers in no known protocol.
+    """
+    if kind == "not-http":
+        class Raw(socketserver.StreamRequestHandler):
+            def handle(self):
+                self.rfile.readline()
+                self.wfile.write(b"HELLO THERE\r\n\r\n")
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Raw)
+        server.daemon_threads = True
+    else:
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send_head(self):
+                if kind in ("good", "missing"):
+                    return super().send_head()
+                body = {"corrupt": gzip.compress(b"\x00" * 1000),
+                        "damaged": _damaged(b"\x00" * 1000)}.get(kind, b"\x1f" * 1000)
+                self.send_response(200)
+                if kind == "cut-chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(b"%x\r\n" % len(body) + body[:100])
+                    return None
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if kind == "cut":
+                    self.wfile.write(body[:100])
+                elif kind == "slow":
+                    with contextlib.suppress(OSError):  # until the client hangs up
+                        for byte in body:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(0.05)
+                else:
+                    self.wfile.write(body)
+                return None
+
+        root = folder if kind != "missing" else tempfile.mkdtemp()
+        handler = functools.partial(Handler, directory=str(root))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
 @pytest.fixture
 def mirrors(mnist_root, monkeypatch):
-    """Point MNIST's mirror list at local servers; yields a function that sets it."""
-    good, good_url = _serve(mnist_root)
-    bad, bad_url = _serve(mnist_root, corrupt=True)
-    urls = {"good": good_url, "corrupt": bad_url, "unreachable": "http://127.0.0.1:9/"}
+    """Point MNIST's mirror list at local servers; yields ``use(*kinds)`` (see ``_serve``)."""
+    servers = {}
 
-    def use(*names):
-        spec = dataclasses.replace(data.DATASETS["mnist"], mirrors=tuple(urls[n] for n in names))
+    def use(*kinds):
+        urls = []
+        for kind in kinds:
+            if kind == "unreachable":
+                urls.append("http://127.0.0.1:9/")
+                continue
+            if kind not in servers:
+                servers[kind] = _serve(mnist_root, kind)
+            urls.append(servers[kind][1])
+        spec = dataclasses.replace(data.DATASETS["mnist"], mirrors=tuple(urls))
         monkeypatch.setitem(data.DATASETS, "mnist", spec)
 
     yield use
-    good.shutdown()
-    bad.shutdown()
+    for server, _ in servers.values():
+        server.shutdown()
+        server.socket.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_record(monkeypatch):
+    """What a test loads is not remembered by the process after it (see bnutils.cache)."""
+    monkeypatch.setattr(data, "_LOADED", {})
 
 
 def test_real_files_match_published_sanity_figures(mnist_root):
@@ -184,7 +239,9 @@ def test_bad_arguments():
 
 
 def test_published_checksums_are_the_ones_in_the_shared_readme():
-    readme = SHARED / "README.md"
+    readme = data.default_root("mnist") / "README.md"
+    if not readme.exists():
+        readme = SHARED / "README.md"
     if not readme.exists():
         pytest.skip("no shared/mnist README")
     text = readme.read_text()
@@ -237,3 +294,192 @@ def test_subset_file_layout():
             f"{s}_{k}" for s in ("train", "test") for k in ("images", "labels", "index")
         )
         assert z["train_images"].dtype == np.uint8 and z["train_index"].max() < 60_000
+
+
+# --- damaged files, broken mirrors, deadlines ---------------------------------------
+
+
+def _files(folder):
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+def test_damaged_gzip_body_is_reported(mnist_root, tmp_path):
+    raw = gzip.decompress((mnist_root / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(_damaged(raw))
+    shutil.copy(mnist_root / "t10k-images-idx3-ubyte.gz", tmp_path)
+    with pytest.raises(data.DataError, match=r"t10k-labels-idx1-ubyte.gz is corrupt or truncated "
+                                             r"\(Error -3.*\). Delete it and load again"):
+        data.load_mnist("test", root=tmp_path, download=False)
+
+
+def test_damaged_gzip_from_a_mirror_is_not_kept(mirrors, tmp_path):
+    mirrors("damaged", "good")
+    _, y = data.load_mnist("test", root=tmp_path / "a")
+    assert len(y) == 10_000
+    assert _files(tmp_path / "a") == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    mirrors("damaged")
+    with pytest.raises(data.DataError, match=r"served a bad file \(corrupt or truncated: Error -3"):
+        data.load_mnist("test", root=tmp_path / "b")
+    assert _files(tmp_path / "b") == []
+
+
+@pytest.mark.parametrize("kind", ["not-http", "cut", "cut-chunked", "slow"])
+def test_a_broken_mirror_is_skipped(mirrors, tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(data, "DEADLINE", 1.0)
+    mirrors(kind, "good")
+    start = time.monotonic()
+    _, y = data.load_mnist("test", root=tmp_path)
+    assert len(y) == 10_000 and time.monotonic() - start < 20
+    assert _files(tmp_path) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def test_only_broken_mirrors_mean_offline(mirrors, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEADLINE", 1.0)
+    mirrors("not-http", "cut", "cut-chunked", "slow", "unreachable")
+    start = time.monotonic()
+    with pytest.warns(UserWarning) as caught:
+        _, y = data.load_mnist("test", root=tmp_path)
+    assert len(y) == 1000 and time.monotonic() - start < 20  # the bundled subset
+    message = str(caught[0].message)
+    for reason in ("BadStatusLine", "IncompleteRead", "longer than 1.0 s", "Connection refused",
+                   "download t10k-images-idx3-ubyte.gz yourself and put it in", "BNUTILS_DATA"):
+        assert reason in message
+    assert _files(tmp_path) == []  # no .part left
+
+
+def test_fashion_mnist_has_no_subset():
+    with pytest.raises(ValueError, match="there is no fashion-mnist subset"):
+        data.load_mnist("train", subset=True, dataset="fashion-mnist")
+    with pytest.raises(ValueError, match="there is no fashion-mnist subset"):
+        data.mnist_tensors("test", dataset="fashion-mnist", subset=True)
+    with pytest.raises(ValueError, match="there is no fashion-mnist subset"):
+        data.fingerprint("test", dataset="fashion-mnist", subset=True)
+
+
+def _read_only(folder, monkeypatch):
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the write fail as it would for a user
+        real = tempfile.TemporaryFile
+
+        def refuse(*args, dir=None, **kwargs):
+            if Path(dir) == folder:
+                raise PermissionError(13, "Permission denied", str(folder))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+
+
+def test_empty_read_only_folder_offline_falls_back(mirrors, tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    _read_only(folder, monkeypatch)
+    mirrors("unreachable")
+    with pytest.warns(UserWarning, match="which is read-only, and no mirror can be reached"):
+        x, _ = data.load_mnist("test", root=folder)
+    assert len(x) == 1000 and _files(folder) == []
+    for kind in ("good", "missing"):  # a mirror answers: that is no reason to fall back
+        mirrors(kind)
+        with pytest.raises(data.DataError, match="cannot write to the data folder"):
+            data.load_mnist("test", root=folder)
+
+
+def test_loads_are_remembered_with_their_fingerprint(mirrors, tmp_path):
+    mirrors("good")
+    data.load_mnist("test", root=tmp_path)
+    data.load_mnist("test", root=tmp_path)
+    data.load_mnist("train", subset=True)
+    full, subset = data.loaded()
+    assert full["args"] == {"split": "test", "root": str(tmp_path), "download": True,
+                            "subset": False, "dataset": "mnist"}
+    spec = data.DATASETS["mnist"]
+    assert full["data"] == {"dataset": "mnist", "split": "test", "source": "full", "sha256": {
+        n: spec.sha256[n] for n in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}}
+    assert data.fingerprint(**full["args"]) == full["data"]
+    digest = hashlib.sha256(data.SUBSET_PATH.read_bytes()).hexdigest()
+    assert subset["data"] == {"dataset": "mnist", "split": "train", "source": "subset",
+                              "sha256": {"mnist-subset.npz": digest}}
+    data.remember([{**full, "data": subset["data"]}])  # a later entry for the same call wins
+    assert len(data.loaded()) == 2 and data.loaded()[0]["data"] == subset["data"]
+    data.loaded()[0]["data"] = None  # a copy: the record is not changed through it
+    assert data.loaded()[0]["data"] == subset["data"]
+
+
+def test_a_changed_file_is_verified_again(mnist_root, tmp_path):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_root / name, tmp_path)
+    data.load_mnist("test", root=tmp_path, download=False)
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[-1] = (raw[-1] + 1) % 10
+    stat = labels.stat()
+    labels.write_bytes(gzip.compress(bytes(raw), mtime=0))
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(data.DataError, match="checksum mismatch"):
+        data.load_mnist("test", root=tmp_path, download=False)
+
+
+def test_bad_split_everywhere():
+    for call in (data.load_subset, data.fingerprint, data.load_mnist):
+        with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+            call("validation")
+
+
+def test_default_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("BNUTILS_FASHION_DATA", str(tmp_path / "f"))
+    assert data.default_root("fashion-mnist") == tmp_path / "f"
+    monkeypatch.delenv("BNUTILS_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.default_root() == tmp_path / "xdg" / "bnutils" / "mnist"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.default_root("fashion-mnist") != tmp_path / "home"  # its variable is set
+    monkeypatch.delenv("BNUTILS_FASHION_DATA")
+    assert data.default_root("fashion-mnist") == tmp_path / "home/.cache/bnutils/fashion-mnist"
+
+
+def test_interrupted_download_leaves_nothing(mirrors, tmp_path, monkeypatch):
+    mirrors("good")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for where in ("waiting", "verifying"):
+        with monkeypatch.context() as m:
+            if where == "waiting":
+                m.setattr(threading.Thread, "join", interrupt)
+            else:
+                m.setattr(data, "_sha256", interrupt)
+            with pytest.raises(KeyboardInterrupt):
+                data.load_mnist("test", root=tmp_path)
+        time.sleep(0.5)  # the abandoned download thread notices and stops
+        assert _files(tmp_path) == []
+
+
+def test_roots_are_remembered_expanded(mirrors, tmp_path, monkeypatch):
+    mirrors("good")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data.load_mnist("test", root="~/mnist")
+    assert data.loaded()[0]["args"]["root"] == str(tmp_path / "mnist")
+
+
+def test_tensors_on_a_device_and_batches_keeping_the_rest():
+    x, y = data.mnist_tensors("test", subset=True, flatten=False, device="cpu")
+    assert x.shape == (1000, 1, 28, 28) and x.device.type == "cpu" and y.dtype == torch.int64
+    xs = torch.arange(10).float().unsqueeze(1)
+    it = data.batches(xs, torch.arange(10), 4, seed=0, drop_last=False)
+    sizes = [len(next(it)[1]) for _ in range(6)]
+    assert sizes == [4, 4, 2, 4, 4, 2]
+    it = data.batches(xs, torch.arange(10), 4, seed=0)
+    assert [len(next(it)[1]) for _ in range(4)] == [4, 4, 4, 4]
+    for bad in (0, 11):
+        with pytest.raises(ValueError, match="batch_size must be between 1 and 10"):
+            next(data.batches(xs, torch.arange(10), bad))
+    next(data.batches(xs, torch.arange(10), 10))  # the whole set is one batch
+    for n_val in (0, 10):
+        with pytest.raises(ValueError, match="n_val must be between 1 and 9"):
+            data.train_val_split(xs, torch.arange(10), n_val)
+    (_, ytr), (_, yv) = data.train_val_split(xs, torch.arange(10), 9)
+    assert len(ytr) == 1 and len(yv) == 9
+    (_, a), _ = data.train_val_split(xs, torch.arange(10), 3, seed=1)
+    (_, b), _ = data.train_val_split(xs, torch.arange(10), 3, seed=2)
+    assert not torch.equal(a, b)  # the seed decides the split
