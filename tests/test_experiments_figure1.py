@@ -18,7 +18,7 @@ from bnutils.experiments.figure1 import (
     figure1,
     figure1_runs,
     make_net,
-    paper_like_lr,
+    nearest_lr,
     sigmoid_inputs,
 )
 
@@ -316,13 +316,19 @@ def test_drift_summary_agrees_with_bnutils_drift(runs):
         drift_summary(runs, start=5)
 
 
-def test_paper_like_lr():
+def test_nearest_lr():
     lrs = [0.1, 0.2, 0.5, 1.0, 2.0]
-    assert paper_like_lr(lrs, [9.0, 3.0, 1.0, 0.5, 0.2], chosen=1.0) == 0.2
-    assert paper_like_lr(lrs, [9.0, 3.0, 2.5, 0.5, 0.2], chosen=0.5) == 0.5
-    assert paper_like_lr(lrs, [9.0, 1.0, 3.0, 1.0, 3.0], chosen=1.0) == 0.5  # a tie
-    assert paper_like_lr(lrs, [9.0, 1.0, 1.0, 1.0, 3.0], chosen=0.5) == 2.0  # 4x, not 5x
-    assert paper_like_lr(lrs, [1.0] * 5, chosen=0.5) is None
+    assert nearest_lr(lrs, [9.0, 3.0, 1.0, 0.5, 0.2], chosen=1.0) == 0.2
+    assert nearest_lr(lrs, [9.0, 3.0, 2.5, 0.5, 0.2], chosen=0.5) == 0.5
+    assert nearest_lr(lrs, [9.0, 1.0, 3.0, 1.0, 3.0], chosen=1.0) == 0.5  # a tie
+    assert nearest_lr(lrs, [9.0, 1.0, 1.0, 1.0, 3.0], chosen=0.5) == 2.0  # 4x, not 5x
+    assert nearest_lr(lrs, [1.0] * 5, chosen=0.5) is None
+    ratios = [9.0, 3.0, 1.0, 0.5, 0.2]
+    assert nearest_lr(lrs, ratios, chosen=0.2, picture="reversed") == 1.0
+    assert nearest_lr(lrs, ratios, chosen=0.2, picture="neither") == 0.5
+    assert nearest_lr(lrs, [np.inf, np.nan, 1, 1, 1], chosen=0.2) == 0.1  # NaN: diverged
+    with pytest.raises(ValueError, match="one ratio per rate"):
+        nearest_lr(lrs, ratios[:3], chosen=0.5)
 
 
 def test_select_and_join(runs):

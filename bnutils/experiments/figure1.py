@@ -271,15 +271,19 @@ def drift_summary(runs, start=0, end=None):
     return out
 
 
-def paper_like_lr(lrs, ratio, chosen, factor=2.0):
-    """The rate of ``lrs`` nearest to ``chosen`` (on a log scale) showing the paper's picture.
+def nearest_lr(lrs, ratio, chosen, picture="paper", factor=2.0):
+    """The rate of ``lrs`` nearest to ``chosen`` (on a log scale) that shows ``picture``.
 
-    ``ratio: (L,)``: baseline-to-BN drift ratios (``drift_summary``); the paper's picture
-    is a ratio of at least ``factor`` (``bnutils.drift.picture``). Returns ``None`` when
+    ``ratio: (L,)``: baseline-to-BN drift ratios (``drift_summary``); ``picture``:
+    ``"paper"`` (the baseline drifts at least ``factor`` times farther), ``"reversed"``
+    or ``"neither"``, as ``bnutils.drift.picture`` classifies them. Returns ``None`` when
     no rate shows it; ties go to the smaller rate.
     """
     lrs, ratio = np.asarray(lrs, dtype=np.float64), np.asarray(ratio, dtype=np.float64)
-    ok = [i for i, r in enumerate(ratio) if np.isfinite(r) and _drift.picture(r, factor) == "paper"]
+    if len(lrs) != len(ratio):
+        raise ValueError(f"one ratio per rate: {len(lrs)} rates, {len(ratio)} ratios")
+    ok = [i for i, r in enumerate(ratio)
+          if not np.isnan(r) and _drift.picture(r, factor) == picture]
     if not ok:
         return None
     return float(lrs[min(ok, key=lambda i: (abs(np.log(lrs[i] / chosen)), lrs[i]))])
