@@ -342,3 +342,10 @@ def test_select_and_join(runs):
             np.testing.assert_array_equal(both[key], value, err_msg=key)
     with pytest.raises(ValueError, match="not in the grid"):
         f1.select(runs, lr=1.0)
+
+
+def test_n_test_measures_the_first_test_images(runs):
+    few = figure1_runs((0.5, 2.0), (0.05,), (0, 1), **{**GRID, "n_test": 100})
+    hits = few["acc_bn"] * 100
+    np.testing.assert_allclose(hits, np.round(hits), atol=1e-9)
+    np.testing.assert_array_equal(few["val_bn"], runs["val_bn"])  # training unchanged

@@ -93,7 +93,7 @@ def one_run(runs, i_lr=0, i_std=0, i_seed=0):
 
 def figure1_runs(lrs, init_stds=(0.05,), seeds=(0,), steps=50_000, inputs="standardized",
                  n_val=5_000, batch_size=60, log_every=1_000, units=8, pct_examples=1_000,
-                 progress=True):
+                 n_test=None, progress=True):
     """Figure 1's two networks for every setting of a grid, trained in two stacks (cached).
 
     The grid is ``lrs x init_stds x seeds`` (each a sequence); ``seeds`` seed both the
@@ -101,7 +101,9 @@ def figure1_runs(lrs, init_stds=(0.05,), seeds=(0,), steps=50_000, inputs="stand
     train on the training set less ``n_val`` images held out for validation
     (``bnutils.data.train_val_split``, the same split for every call), and the
     percentiles are taken over the first ``pct_examples`` validation images; with
-    ``n_val=0`` they train on all 60,000 and the percentiles use test images.
+    ``n_val=0`` they train on all 60,000 and the percentiles use test images. Test
+    accuracy is measured on all 10,000 test images, or the first ``n_test`` (a quick
+    look).
 
     Returns a dict; ``(L, S, R)`` are the grid's sizes, ``n`` the number of logs:
 
@@ -129,7 +131,7 @@ def figure1_runs(lrs, init_stds=(0.05,), seeds=(0,), steps=50_000, inputs="stand
         raise ValueError(f"steps and log_every must be >= 1, got {steps}, {log_every}")
     config = dict(lrs=lrs, init_stds=init_stds, seeds=seeds, steps=steps, inputs=inputs,
                   n_val=n_val, batch_size=batch_size, log_every=log_every, units=units,
-                  pct_examples=pct_examples)
+                  pct_examples=pct_examples, n_test=n_test)
     return cache.train_or_load("figure1-runs", config,
                                functools.partial(_runs, progress=progress))
 
@@ -293,9 +295,10 @@ def nearest_lr(lrs, ratio, chosen, picture="paper", factor=2.0):
 
 
 def _runs(lrs, init_stds, seeds, steps, inputs, n_val, batch_size, log_every, units,
-          pct_examples, progress=True):
+          pct_examples, n_test, progress=True):
     dev = default_device()
     train_set, val_set, test_set = held_out_data(inputs, n_val, dev)
+    test_set = tuple(t[:n_test] for t in test_set)
     grid = list(itertools.product(lrs, init_stds, seeds))
     shape = (len(lrs), len(init_stds), len(seeds))
     lr_k, std_k, seed_k = (list(v) for v in zip(*grid, strict=True))
