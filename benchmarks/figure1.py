@@ -28,10 +28,10 @@ from bnutils.experiments.figure1 import Probe, held_out_data
 # chapter 5 in full mode (notebooks/05_mnist.ipynb): the settings it trains, as
 # (networks per kind, steps); both kinds (without and with BN) train each
 CHAPTER = {
-    "learning-rate grid, 50,000 steps": (5, 50_000),
+    "learning-rate grid, 5 rates": (5, 50_000),
     "Figure 1, seeds 1 and 2 at two rates": (4, 50_000),
     "sensitivity map, 7 rates x 3 scales x 2 input scalings": (42, 5_000),
-    "exercises": (4, 3_000),
+    "exercises (2 + 3 nets)": (5, 3_000),
 }
 
 
