@@ -155,7 +155,7 @@ def test_bn_normalises_the_probe_batch():
 
 
 @pytest.mark.parametrize("norm", [False, True])
-def test_sigmoid_inputs_match_a_hooked_forward_pass_and_leave_the_model_as_it_was(norm):
+def test_sigmoid_inputs_match_the_plain_net_and_leave_the_model_as_it_was(norm):
     model = StackedMLP(3, norm=norm, init_std=[0.05, 0.1, 0.2], seeds=[0, 1, 2]).eval()
     buffers = [b.clone() for b in model.buffers()]
     x = torch.randn(250, 784)
