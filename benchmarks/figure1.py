@@ -1,17 +1,18 @@
-"""Figure 1's training loop: the cost of its instrumentation, and the full-run time.
+"""Figure 1's training runs: the cost of their instrumentation, and chapter 5's run time.
 
-Trains the baseline and the BN network of ``bnutils.experiments.figure1`` three times
-per repeat, on the same data: bare (no logging); instrumented as ``figure1`` does it
-(test accuracy and sigmoid percentiles every ``--log-every`` steps, probed in a second
-thread by ``Prober``); and instrumented inline (the same probes in the training
-thread, i.e. their full CPU cost). Prints the time ratios to bare (median and min over
-repeats; the variants are interleaved so all see the same machine load) and the time
-of both networks for the 50,000 steps of the paper, measured (default) or extrapolated
-from the steps run (``--steps``).
+``bnutils.experiments.figure1_runs`` trains a grid of settings as two stacks of networks
+(``bnutils.batched``) and probes every network at each log (test and validation
+accuracy, sigmoid-input percentiles, gamma and beta). This script trains one stack of
+``--k`` networks of each kind, both bare (no probes) and instrumented as
+``figure1_runs`` does it, interleaved so both see the same machine load, and prints
 
-    python benchmarks/figure1.py                          # the full 50,000 steps (~5 min)
-    python benchmarks/figure1.py --steps 3000 --repeats 3 # a shorter measurement
-    python benchmarks/figure1.py --quick                  # a smoke test, no meaningful ratio
+- the throughput, network-steps per second, bare and instrumented, and their ratio;
+- chapter 5's training volume in full mode (network-steps, from its configuration) and
+  the time it takes at the measured instrumented throughput.
+
+    python benchmarks/figure1.py                   # 2,000 steps, k = 7, 2 repeats
+    python benchmarks/figure1.py --threads 1       # the same on one thread
+    python benchmarks/figure1.py --quick           # a smoke test, no meaningful ratio
 """
 
 import argparse
@@ -19,59 +20,69 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
-from bnutils import train
+from bnutils.batched import StackedMLP, train_stacked
 from bnutils.config import device
-from bnutils.experiments.figure1 import Prober, make_net, mnist, one_thread, probe
+from bnutils.experiments.figure1 import Probe, held_out_data
 
-FULL_STEPS = 50_000
+# chapter 5 in full mode (notebooks/05_mnist.ipynb): the settings it trains, as
+# (networks per kind, steps); both kinds (without and with BN) train each
+CHAPTER = {
+    "learning-rate grid, 5 rates": (5, 50_000),
+    "Figure 1, seeds 1 and 2 at two rates": (4, 50_000),
+    "sensitivity map, 7 rates x 3 scales x 2 input scalings": (42, 5_000),
+    "exercises (2 + 3 nets)": (5, 3_000),
+}
 
 
-def run(x, y, x_test, y_test, steps, log_every, mode, lr=2.0, init_std=0.05):
-    """Seconds to train both networks for ``steps`` steps; ``mode``: bare/thread/inline."""
+def run(train, val, test, k, steps, log_every, probed):
+    """Seconds to train a baseline stack and a BN stack of ``k`` nets for ``steps`` steps."""
     start = time.perf_counter()
-    for norm in (None, nn.BatchNorm1d):
-        model = make_net(norm, init_std, seed=0).to(x.device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        on_log = {"bare": None, "thread": Prober(x_test, y_test, 1000, 8),
-                  "inline": lambda step, m: probe(m, x_test, y_test, 1000, 8)}[mode]
-        logs, _ = train.train(model, optimizer, x, y, steps, log_every=log_every,
-                              on_log=on_log, progress=False)
-        if mode == "thread":
-            on_log.results(logs)  # wait for the last probes: they are part of the cost
+    for norm in (False, True):
+        model = StackedMLP(k, norm=norm, init_std=0.05, seeds=range(k)).to(train[0].device)
+        probe = Probe(test, val, val[0][:1000], 8) if probed else None
+        train_stacked(model, *train, steps, [0.1 * (i + 1) for i in range(k)],
+                      log_every=log_every if probed else None, callback=probe,
+                      progress=False)
     return time.perf_counter() - start
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke test: 300 steps, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 40 steps, k = 2")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--k", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--log-every", type=int, default=500)
+    parser.add_argument("--log-every", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: "
+                        "as the environment sets them)")
     args = parser.parse_args()
-    steps = args.steps or (300 if args.quick else FULL_STEPS)
-    repeats = args.repeats or 1
+    steps = args.steps or (40 if args.quick else 2000)
+    k = args.k or (2 if args.quick else 7)
+    repeats = args.repeats or (1 if args.quick else 2)
+    log_every = min(args.log_every, steps)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    (x, y), (x_test, y_test) = mnist(device())
-    modes = ("bare", "thread", "inline")
-    times = {mode: [] for mode in modes}
-    with one_thread():
-        for mode in modes:  # warm-up
-            run(x, y, x_test, y_test, 200, args.log_every, mode)
-        for _ in range(repeats):
-            for mode in modes:
-                times[mode].append(run(x, y, x_test, y_test, steps, args.log_every, mode))
-    print(f"device {device()}, training on 1 thread, {steps} steps x 2 networks, log every "
-          f"{args.log_every}, {repeats} repeat(s)")
-    for mode in modes:
-        ratios = [t / b for t, b in zip(times[mode], times["bare"], strict=True)]
-        print(f"{mode:>7}: min {min(times[mode]):7.2f} s, median "
-              f"{statistics.median(times[mode]):7.2f} s; ratio to bare: median "
-              f"{statistics.median(ratios):.3f}, of minima {min(times[mode]) / min(times['bare']):.3f}")
-    verb = "measured" if steps == FULL_STEPS else "extrapolated"
-    print(f"full run ({FULL_STEPS} steps, both networks, as figure1 runs it), {verb}: "
-          f"{min(times['thread']) * FULL_STEPS / steps / 60:.1f} min")
+    train, val, test = held_out_data("standardized", 5000, device())
+    times = {"bare": [], "probed": []}
+    run(train, val, test, k, 20, log_every, True)  # warm-up
+    for _ in range(repeats):
+        for mode in times:
+            times[mode].append(run(train, val, test, k, steps, log_every, mode == "probed"))
+    net_steps = 2 * k * steps
+    rate = {mode: net_steps / min(t) for mode, t in times.items()}
+    print(f"device {device()}, {torch.get_num_threads()} thread(s), 2 stacks of k={k} nets, "
+          f"{steps} steps, probes every {log_every}, {repeats} repeat(s)")
+    for mode, t in times.items():
+        print(f"{mode:>7}: min {min(t):7.2f} s, median {statistics.median(t):7.2f} s, "
+              f"{rate[mode]:8.0f} network-steps/s")
+    print(f"ratio probed / bare (time): {min(times['probed']) / min(times['bare']):.3f}")
+    total = sum(2 * n * s for n, s in CHAPTER.values())
+    for name, (n, s) in CHAPTER.items():
+        print(f"  chapter 5: {name}: {2 * n} nets x {s:,} steps")
+    print(f"chapter 5 in full mode: {total:,} network-steps, {total / rate['probed'] / 60:.1f} "
+          f"min at the probed rate (its probes log every 1,000 steps, the map's too)")
 
 
 if __name__ == "__main__":

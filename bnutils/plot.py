@@ -309,50 +309,127 @@ def statistics_over_training(steps, curves, errors):
 # --- Chapter 5: the paper's Figure 1 -------------------------------------------------
 
 
-def figure1_panels(result, seeds=None):
-    """The three panels of the paper's Figure 1 from a ``bnutils.experiments.figure1`` result.
+def figure1_panels(runs, title=None):
+    """The three panels of the paper's Figure 1 from ``bnutils.experiments.figure1_runs``.
 
-    (a) test accuracy against steps for both nets, (b) the 15th/50th/85th percentiles of
-    one sigmoid's input without BN, (c) the same with BN. ``seeds``: optional list of
-    further results whose accuracy curves are drawn as a min-max band over all seeds.
+    ``runs``: one learning rate and initial scale, ``R`` seeds (e.g. ``select(grid,
+    lr=0.5)``). (a) Test accuracy against steps for both nets: the mean over seeds as a
+    line, the range over seeds as a band. (b, c) The 15th/50th/85th percentiles of the
+    input to sigmoid 0 of the last hidden layer of seed 0, (b) without BN and (c) with
+    BN, on one y-axis (different seeds start from different weights, so "sigmoid 0" is
+    another unit in each: its bands are not averaged).
     """
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    step = result["step"]
+    step = runs["step"]
     for net, label in (("baseline", "Without BN"), ("bn", "With BN")):
-        if seeds:
-            accs = np.stack([r[f"acc_{net}"] for r in [result, *seeds]])
-            axes[0].fill_between(step, accs.min(0), accs.max(0), color=COLORS[net],
-                                 alpha=0.25, lw=0)
-        axes[0].plot(step, result[f"acc_{net}"], color=COLORS[net], label=label)
+        acc = runs[f"acc_{net}"][0, 0]  # (R, n)
+        axes[0].fill_between(step, acc.min(0), acc.max(0), color=COLORS[net], alpha=0.25, lw=0)
+        axes[0].plot(step, acc.mean(0), color=COLORS[net], label=label)
+    final = min(runs["acc_baseline"][0, 0, :, -1].min(), runs["acc_bn"][0, 0, :, -1].min())
     axes[0].set(xlabel="training step", ylabel="test accuracy", title="(a)",
-                ylim=(max(0.0, min(result["acc_baseline"][-1], result["acc_bn"][-1]) - 0.2), 1))
+                ylim=(max(0.0, final - 0.2), 1))
     axes[0].legend(loc="lower right")
-    lims = _common_ylim([result["pct_baseline"], result["pct_bn"]])
-    for ax, net, title in ((axes[1], "baseline", "(b) without BN"), (axes[2], "bn", "(c) with BN")):
-        percentile_bands(ax, step, result[f"pct_{net}"], COLORS[net])
-        ax.set(xlabel="training step", ylabel="input to the sigmoid", title=title, ylim=lims)
+    pct = {net: runs[f"pct_{net}"][0, 0, 0, :, 0] for net in ("baseline", "bn")}
+    lims = _common_ylim(list(pct.values()))
+    for ax, net, name in ((axes[1], "baseline", "(b) without BN"), (axes[2], "bn", "(c) with BN")):
+        percentile_bands(ax, step, pct[net], COLORS[net])
+        ax.set(xlabel="training step", ylabel="input to the sigmoid", title=name, ylim=lims)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def sigmoid_bands(result, nets=("baseline", "bn")):
+def sigmoid_bands(runs, nets=("baseline", "bn")):
     """Percentile bands of every recorded sigmoid of the last hidden layer, one row per net.
 
-    Reads ``pct_units_<net>: (n_logged, units, 3)``; all panels share one y-axis so the
-    drifts can be compared.
+    ``runs``: a ``figure1_runs`` result; its first setting is drawn (``pct_<net>``
+    ``[0, 0, 0]: (n_logs, units, 3)``). All panels share one y-axis so the drifts can be
+    compared.
     """
-    units = result[f"pct_units_{nets[0]}"].shape[1]
+    pcts = {net: runs[f"pct_{net}"][0, 0, 0] for net in nets}
+    units = pcts[nets[0]].shape[1]
     fig, axes = plt.subplots(len(nets), units, figsize=(1.45 * units, 1.7 * len(nets)),
                              sharex=True, sharey=True, squeeze=False)
-    lims = _common_ylim([result[f"pct_units_{net}"] for net in nets])
+    lims = _common_ylim(list(pcts.values()))
     for row, net in zip(axes, nets, strict=True):
         for k, ax in enumerate(row):
-            percentile_bands(ax, result["step"], result[f"pct_units_{net}"][:, k], COLORS[net])
+            percentile_bands(ax, runs["step"], pcts[net][:, k], COLORS[net])
             ax.set(ylim=lims, title=f"unit {k}" if net == nets[0] else None)
             ax.tick_params(labelsize=7)
             ax.xaxis.get_offset_text().set_fontsize(7)
         row[0].set_ylabel("without BN" if net == "baseline" else "with BN")
     fig.tight_layout()
+    return fig
+
+
+def gamma_beta(parts, labels):
+    """What BN fixes and what it learns, for the last hidden layer of seed 0 of each run.
+
+    ``parts``: ``figure1_runs`` results (one setting each, e.g. two learning rates),
+    ``labels``: their names. Row per run: gamma of the recorded units over training,
+    beta, and for unit 0 the percentiles of x_hat (fixed by BN) next to those of
+    y = gamma * x_hat + beta (the sigmoid's input).
+    """
+    fig, axes = plt.subplots(len(parts), 3, figsize=(11, 2.9 * len(parts)), squeeze=False)
+    for row, runs, label in zip(axes, parts, labels, strict=True):
+        step = runs["step"]
+        for ax, key in ((row[0], "gamma"), (row[1], "beta")):
+            ax.plot(step, runs[f"{key}_bn"][0, 0, 0], color=COLORS["bn"], lw=0.8, alpha=0.8)
+            ax.set(xlabel="training step",
+                   title=f"{label}: $\\{key}$ of {runs['gamma_bn'].shape[-1]} units")
+        percentile_bands(row[2], step, runs["pct_xhat_bn"][0, 0, 0, :, 0], COLORS["grey"],
+                         label=r"$\hat{x}$")
+        percentile_bands(row[2], step, runs["pct_bn"][0, 0, 0, :, 0], COLORS["bn"],
+                         label=r"$y = \gamma\hat{x} + \beta$")
+        row[2].set(xlabel="training step", title=f"{label}: unit 0")
+        row[2].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def drift_maps(maps, lrs, init_stds, ncols=2, factor=2.0):
+    """Heat maps of the baseline-to-BN drift ratio over learning rate x initial scale.
+
+    ``maps``: ``{title: ratio}``, each ``ratio: (S, L)`` (rows: initial scales, columns:
+    learning rates), one panel each, ``ncols`` per row. Colours on a log scale centred
+    on 1: red where the baseline drifts more (the paper's picture), blue where BN does;
+    each cell shows its ratio, and cells at least ``factor`` from 1 either way are
+    outlined.
+    """
+    n = len(maps)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 1.0, 2.6 * nrows),
+                             squeeze=False)
+    values = np.concatenate([np.ravel(np.asarray(m, dtype=float)) for m in maps.values()])
+    finite = values[np.isfinite(values) & (values > 0)]
+    span = max(1.0, float(np.abs(np.log10(finite)).max())) if finite.size else 1.0
+    norm = mpl.colors.Normalize(-span, span)
+    for ax, (title, ratio) in zip(axes.ravel()[:n], maps.items(), strict=True):
+        ratio = np.asarray(ratio, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            image = ax.imshow(np.log10(ratio), cmap="RdBu_r", norm=norm, aspect="auto")
+        for (i, j), r in np.ndenumerate(ratio):
+            text = "–" if not np.isfinite(r) else (f"{r:.0f}" if r >= 10 else f"{r:.2g}")
+            dark = np.isfinite(r) and r > 0 and abs(np.log10(r)) > 0.6 * span
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
+            if np.isfinite(r) and (r >= factor or r <= 1 / factor):
+                ax.add_patch(mpl.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
+                                                   lw=1.2, ec="black"))
+        ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], fontsize=8)
+        ax.set_yticks(range(len(init_stds)), [f"{v:g}" for v in init_stds], fontsize=8)
+        ax.set_xlabel("learning rate", fontsize=9)
+        ax.set_ylabel(r"initial scale $\sigma$", fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.grid(False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    bar.set_label("baseline drift ÷ BN drift")
+    ticks = [t for t in (0.001, 0.01, 0.1, 1, 10, 100, 1000) if abs(np.log10(t)) <= span]
+    bar.set_ticks(np.log10(ticks), labels=[f"{t:g}" for t in ticks])
     return fig
 
 
