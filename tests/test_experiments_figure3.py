@@ -81,3 +81,29 @@ def test_absurd_learning_rate_is_flagged_and_stopped(tmp_path, monkeypatch):
     assert r["diverged"] is True
     assert 0 < r["diverged_step"] < 50  # stopped early
     assert r["step"][-1] < r["diverged_step"]  # accuracy kept as it was before
+
+
+def test_table_measures_every_row_against_the_reference_best():
+    """Steps to the *reference's* best accuracy, not each row's own (issue 15)."""
+    step = np.array([0, 100, 200, 300])
+
+    def run(acc, lr=0.1, diverged=False):
+        return {"step": step, "acc": np.array(acc), "lr": lr, "diverged": diverged}
+
+    results = {
+        "baseline": run([0.1, 0.5, 0.7, 0.6]),  # best 0.7 at step 200
+        "fast": run([0.1, 0.75, 0.8, 0.95], lr=0.5),  # passes 0.7 at step 100
+        "slow": run([0.1, 0.3, 0.5, 0.69]),  # never reaches 0.7
+        "broken": run([0.1, 0.72, 0.1], diverged=True),
+    }
+    results["broken"]["step"] = step[:3]
+    rows = {r["name"]: r for r in table(results)}
+    assert rows["baseline"]["steps_to_reference"] == 200
+    assert rows["fast"]["steps_to_reference"] == 100  # its own best (0.95) comes at 300
+    assert rows["slow"]["steps_to_reference"] is None  # its own best it reaches, at 300
+    assert rows["broken"]["steps_to_reference"] == 100
+    assert [rows[n]["best_acc"] for n in results] == [0.7, 0.95, 0.69, 0.72]
+    assert rows["fast"]["lr"] == 0.5 and rows["broken"]["diverged"] is True
+    other = {r["name"]: r for r in table(results, reference="fast")}
+    assert other["fast"]["steps_to_reference"] == 300
+    assert other["baseline"]["steps_to_reference"] is None
