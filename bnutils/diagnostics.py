@@ -82,6 +82,23 @@ def update_ratio(before, after, reduce_dims=None):
 
 
 @contextmanager
+def kept_buffers(model):
+    """Run a block with ``model`` in train mode and give its buffers (BN's running
+    statistics) their old values back afterwards, so that a probe in train mode (with
+    batch statistics, as in training) leaves no trace. The mode is restored too."""
+    saved = [b.clone() for b in model.buffers()]
+    was_training = model.training
+    model.train()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for b, old in zip(model.buffers(), saved, strict=True):
+                b.copy_(old)
+        model.train(was_training)
+
+
+@contextmanager
 def record_inputs(model, types=NONLINEARITIES):
     """Record the input of every module of ``types`` in ``model``, in forward order.
 
@@ -113,8 +130,7 @@ def layer_statistics(model, x, y, lr=None, margin=0.02):
     SGD step of rate ``lr`` (no momentum or weight decay). Neither the gradients nor
     the buffers of ``model`` (BN's running statistics) change.
     """
-    buffers = {k: v.clone() for k, v in model.state_dict().items() if k in
-               dict(model.named_buffers())}
+    saved = [b.clone() for b in model.buffers()]
     weights = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)][:-1]
     with record_inputs(model) as seen:
         loss = F.cross_entropy(model(x), y)
@@ -122,7 +138,9 @@ def layer_statistics(model, x, y, lr=None, margin=0.02):
         raise ValueError(f"expected one nonlinearity per hidden weight layer, found "
                          f"{len(seen)} nonlinearities and {len(weights)} weight layers")
     grads = torch.autograd.grad(loss, [w.weight for w in weights])
-    model.load_state_dict(buffers, strict=False)
+    with torch.no_grad():
+        for b, old in zip(model.buffers(), saved, strict=True):
+            b.copy_(old)
     stats = {k: [] for k in ("act_mean", "act_std", "saturated", "dead", "grad_std",
                              "weight_norm", *(["update_ratio"] if lr is not None else []))}
     for (module, u), layer, g in zip(seen, weights, grads, strict=True):

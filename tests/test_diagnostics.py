@@ -133,3 +133,16 @@ def test_layer_statistics_needs_a_nonlinearity_per_layer():
     net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(ValueError, match="one nonlinearity per hidden weight layer"):
         dg.layer_statistics(net, torch.randn(2, 4), torch.tensor([0, 1]))
+
+
+def test_kept_buffers_probes_in_train_mode_and_leaves_no_trace():
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = 5 + 3 * torch.randn(100, 3)
+    with torch.no_grad(), dg.kept_buffers(net):
+        assert net.training
+        y = net(x)
+    assert y.mean(0).abs().max() < 1e-5  # batch statistics were used
+    assert not net.training
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k

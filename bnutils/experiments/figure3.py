@@ -134,12 +134,11 @@ def _trace_row(model, logits, loss, seen):
 
 def _probe(model, x):
     """Dead ReLU units (share per layer) or saturated sigmoid values (share per layer)
-    of ``model`` in eval mode on the images ``x``."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), diagnostics.record_inputs(model) as seen:
+    of ``model`` on the images ``x``, in train mode (BN with the statistics of ``x``,
+    as in training; the running statistics are left as they were)."""
+    with torch.no_grad(), diagnostics.kept_buffers(model), \
+            diagnostics.record_inputs(model) as seen:
         model(x)
-    model.train(was_training)
     dead = [diagnostics.dead_fraction(u) if isinstance(m, nn.ReLU) else np.nan
             for m, u in seen]
     saturated = [diagnostics.saturation(u, "sigmoid") if isinstance(m, nn.Sigmoid)
@@ -160,7 +159,7 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
     invariance does not protect). The validation and test accuracy are measured
     ``evals`` times, evenly spaced, and at step 0, together with the share of dead ReLU
     units and of saturated sigmoid values per layer on the first ``n_probe``
-    validation images (eval mode). ``n_train``, ``n_val``, ``n_test``: use only the
+    validation images (in train mode, see ``_probe``). ``n_train``, ``n_val``, ``n_test``: use only the
     first so many images of each set (``None``: all). A mini-batch loss that is not finite or exceeds
     ``max_loss`` marks the run diverged and stops it.
 
