@@ -178,3 +178,11 @@ def test_table_measures_every_row_against_the_reference_best():
     other = {r["name"]: r for r in table(results, reference="fast")}
     assert other["fast"]["steps_to_reference"] == 300
     assert other["baseline"]["steps_to_reference"] is None
+
+
+def test_clearly_above_needs_the_ranges_apart():
+    from bnutils.experiments.figure3 import clearly_above
+
+    assert clearly_above([0.9, 0.91, 0.92], [0.8, 0.81, 0.79])
+    assert not clearly_above([0.8, 0.81, 0.79], [0.9, 0.91, 0.92])
+    assert not clearly_above([0.85, 0.95, 0.9], [0.86, 0.82, 0.84])  # ranges overlap

@@ -21,8 +21,8 @@ from torch.nn import functional as F
 
 from .. import diagnostics
 from ..cache import train_or_load
+from ..config import choose, set_seed
 from ..config import progress as progress_bar
-from ..config import set_seed
 from ..data import batches, mnist_tensors, train_val_split
 from ..models import small_cnn
 from ..train import accuracy
@@ -42,6 +42,23 @@ CONFIGS = {
 
 # the section 4.2.1 changes that apply to small_cnn, each a change of one setting
 CHANGES = ("rate", "decay", "dropout", "weight_decay")
+
+# Chapter 6's runs, full and quick. Chapter 7 trains on the same protocol, so the runs
+# the two chapters share (same settings, steps, seeds and options) come from the cache.
+PROTOCOL = {
+    "full": {"steps": 1000, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
+             "options": {"evals": 10, "trace": 100}},
+    "quick": {"steps": 40, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
+              "options": {"evals": 1, "trace": 10, "n_val": 200, "n_test": 500,
+                          "n_probe": 100}},
+}
+
+
+def protocol():
+    """Chapter 6's protocol in the current run mode: ``steps``, ``seeds``, ``dataset``
+    and the ``options`` of ``run_cnn`` (a copy)."""
+    chosen = choose(full=PROTOCOL["full"], quick=PROTOCOL["quick"])
+    return {**chosen, "options": dict(chosen["options"])}
 
 
 @lru_cache(maxsize=2)
@@ -149,7 +166,8 @@ def _probe(model, x):
 def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1,
             dropout=0.2, weight_decay=5e-4, half_life=1.0, warmup=0, slow=(),
             slow_lr=0.1, batch_size=64, evals=15, max_loss=20.0, n_train=None,
-            n_val=None, n_test=None, n_probe=1000, trace=0, progress=True, desc="training"):
+            n_val=None, n_test=None, n_probe=1000, trace=0, eval_start=True, progress=True,
+            desc="training"):
     """Train one ``small_cnn(norm, activation, dropout)``; no caching.
 
     SGD with momentum 0.9 and L2 ``weight_decay``; the learning rate ``lr`` rises
@@ -157,7 +175,8 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
     steps. ``slow``: kinds of parameters (``"affine"``: BN's gamma and beta, ``"head"``:
     the last linear layer) that get ``slow_lr`` instead (the parameters BN's scale
     invariance does not protect). The validation and test accuracy are measured
-    ``evals`` times, evenly spaced, and at step 0, together with the share of dead ReLU
+    ``evals`` times, evenly spaced, and at step 0 (unless ``eval_start`` is false),
+    together with the share of dead ReLU
     units and of saturated sigmoid values per layer on the first ``n_probe``
     validation images (in train mode, see ``_probe``). ``n_train``, ``n_val``, ``n_test``: use only the
     first so many images of each set (``None``: all). A mini-batch loss that is not finite or exceeds
@@ -190,7 +209,8 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
         logs.append((step, accuracy(model, x_test, y_test, batch_size=500),
                      accuracy(model, x_val, y_val, batch_size=500), dead, saturated))
 
-    evaluate(0)
+    if eval_start:
+        evaluate(0)
     stream = batches(x, y, batch_size, seed=seed)
     model.train()
     diverged = False
@@ -213,14 +233,16 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
         scheduler.step()
         if step % log_every == 0 or step == steps:
             evaluate(step)
-    step = np.array([s for s, *_ in logs])
+    step = np.array([s for s, *_ in logs], dtype=int)
     losses = np.array(losses)
-    window = [losses[a:b].mean() for a, b in zip(step[:-1], step[1:], strict=True)]
+    edges = step if eval_start else np.concatenate([[0], step])
+    window = [losses[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]
     result = {
         "step": step,
         "acc": np.array([a for _, a, *_ in logs]),
         "val_acc": np.array([v for _, _, v, *_ in logs]),
-        "loss": np.array([losses[0], *window]),  # step 0: the first, untrained batch
+        # at step 0: the loss of the first, untrained batch
+        "loss": np.array([losses[0], *window] if eval_start else window),
         "dead": np.array([d for *_, d, _ in logs]),
         "saturated": np.array([s for *_, s in logs]),
         "diverged": diverged,
@@ -302,6 +324,16 @@ def figure3(steps, seeds=(0,), dataset="mnist", configs=None, progress=True, **o
             for name in names}
 
 
+def finals(result):
+    """Each seed's final test accuracy, ``(n_seeds,)``; a seed that diverged counts as
+    chance (0.1): its training stopped, so its last accuracy is not a final one."""
+    acc = np.atleast_2d(result["acc"])
+    diverged = np.atleast_1d(result["diverged"]).astype(bool)
+    if acc.shape[1] == 0:  # every seed diverged before its first evaluation
+        return np.full(len(diverged), 0.1)
+    return np.where(diverged | np.isnan(acc[:, -1]), 0.1, acc[:, -1])
+
+
 def mean_sd(values):
     """Mean and standard deviation (``ddof=1``; 0 for one value) over a seed axis."""
     values = np.asarray(values, dtype=float)
@@ -330,7 +362,7 @@ def table(results, reference="baseline"):
         mean = curve(r)
         reached = np.flatnonzero(mean >= target)
         lr, diverged = r["lr"], r["diverged"]
-        final = np.where(np.atleast_1d(diverged) | np.isnan(acc[:, -1]), 0.1, acc[:, -1])
+        final = finals(r)
         rows.append({
             "name": name, "lr": lr[0] if isinstance(lr, list) else lr,
             "steps_to_reference": int(r["step"][reached[0]]) if len(reached) else None,
@@ -340,3 +372,11 @@ def table(results, reference="baseline"):
             "diverged": sum(diverged) if isinstance(diverged, list) else bool(diverged),
         })
     return rows
+
+
+def clearly_above(a, b):
+    """True when the runs ``a`` are above the runs ``b`` by more than their spread:
+    ``mean(a) - sd(a) > mean(b) + sd(b)`` (one value per seed each; the rule of the
+    book's verdicts, so that seed-to-seed variation is not called a difference)."""
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    return bool(ma - sa > mb + sb)

@@ -1,0 +1,110 @@
+"""Higher learning rates one change at a time, and why BN-x30 stalls (chapter 6's CNN).
+
+Derived in notebook 07. Chapter 6 ran the paper's configurations, each of which
+changes several things at once: ``bn_x5`` differs from ``bn`` in its rate, its decay,
+dropout and weight decay. Here every change gets a run of its own, all on chapter 6's
+protocol (``figure3.protocol``, so that the runs they share come from its cache):
+
+- ``grid``: the learning rate alone, a log grid of multiples of the base rate, with
+  and without BN, every other setting the baseline's;
+- ``variants``: named settings (the ablation's single changes, the fixes for BN at
+  30 times the rate), each trained with every seed.
+"""
+
+import numpy as np
+
+from .figure3 import cached_runs, config_settings, finals, run_cnn, settings
+
+# the section 4.2.1 changes added to ``bn`` one at a time; "all" is bn_x5
+ABLATION = {
+    "bn": [],
+    "rate": ["rate"],
+    "decay": ["decay"],
+    "dropout": ["dropout"],
+    "weight_decay": ["weight_decay"],
+    "all": ["rate", "decay", "dropout", "weight_decay"],
+}
+
+
+def grid(steps, multiples, seeds, dataset="fashion-mnist", progress=True, **options):
+    """Train ``small_cnn`` without and with BN at every learning-rate ``multiples`` of
+    the base rate (0.1), all other settings the baseline's (cached per run).
+
+    Returns ``{"none": {m: result}, "bn": {m: result}}``, each result the ``run_cnn``
+    arrays stacked over ``seeds`` (``figure3.stack``). ``options`` go to ``run_cnn``.
+    """
+    return {net: {m: cached_runs("cnn-lr-grid", steps, seeds, run_cnn, progress,
+                                 dataset=dataset, **settings(norm, changes=[("rate", m)]),
+                                 **options)
+                  for m in multiples}
+            for net, norm in (("none", None), ("bn", "bn"))}
+
+
+def ablation_settings():
+    """``{name: settings}`` for ``ABLATION``: BN at the base rate with each section
+    4.2.1 change alone, none and all of them."""
+    return {name: settings("bn", changes=changes) for name, changes in ABLATION.items()}
+
+
+def x30_settings(warmup):
+    """``{name: settings}``: ``bn_x30`` as chapter 6 ran it, and each one-change fix:
+    ``warmup`` (the rate rises linearly over the first ``warmup`` steps),
+    ``slow_affine`` (BN's gamma and beta keep the base rate 0.1) and ``slow_head``
+    (the last linear layer keeps it). BN's scale invariance protects the convolution
+    weights only: those are the parameters it does not protect."""
+    x30 = config_settings("bn_x30")
+    return {"bn_x30": x30, "warmup": {**x30, "warmup": warmup},
+            "slow_affine": {**x30, "slow": ("affine",), "slow_lr": 0.1},
+            "slow_head": {**x30, "slow": ("head",), "slow_lr": 0.1}}
+
+
+def variants(steps, specs, seeds, dataset="fashion-mnist", progress=True, **options):
+    """Train every ``{name: settings}`` of ``specs`` with every seed (cached per run).
+
+    Two names with the same settings share their runs. Returns ``{name: result}``.
+    """
+    return {name: cached_runs("cnn-variant", steps, seeds, run_cnn, progress,
+                              dataset=dataset, **spec, **options)
+            for name, spec in specs.items()}
+
+
+def stable(result, threshold):
+    """True when no seed diverged and every seed ends with a validation accuracy of at
+    least ``threshold``."""
+    val = np.atleast_2d(result["val_acc"])
+    if any(result["diverged"]) or val.shape[1] == 0:
+        return False
+    return bool(np.all(val[:, -1] >= threshold))
+
+
+def largest_stable(runs, threshold):
+    """The largest multiple of ``runs`` (``{multiple: result}``, one network of
+    ``grid``) below the first unstable one (``stable``): the rates from the bottom of
+    the grid up to it all train. ``None`` if the smallest already fails."""
+    best = None
+    for m in sorted(runs):
+        if not stable(runs[m], threshold):
+            break
+        best = m
+    return best
+
+
+def final_val(result):
+    """Each seed's final validation accuracy (chance, 0.1, for a seed that diverged)."""
+    return finals({"acc": result["val_acc"], "diverged": result["diverged"]})
+
+
+def gains(results, reference="bn", total="all", key="acc"):
+    """For an ablation ``{name: result}``: each run's mean final accuracy (``key``:
+    ``"acc"`` test, ``"val_acc"`` validation) minus ``reference``'s, and that gain as
+    a share of ``total``'s gain. Returns ``{name: (gain, share)}``."""
+    def mean_final(r):
+        return finals({"acc": r[key], "diverged": r["diverged"]}).mean()
+
+    base = mean_final(results[reference])
+    whole = mean_final(results[total]) - base
+    out = {}
+    for name, r in results.items():
+        gain = mean_final(r) - base
+        out[name] = (float(gain), float(gain / whole) if whole else float("nan"))
+    return out
