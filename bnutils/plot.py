@@ -468,25 +468,27 @@ def _mean_sd(values, axis):
     return values.mean(axis=axis), sd
 
 
-def lr_grid(multiples, curves, ylabels, threshold=None):
+def lr_grid(curves, ylabels, threshold=None):
     """Accuracy against the learning-rate multiple, one panel per entry of ``curves``.
 
-    ``curves``: a list of ``{label: (values (multiples, seeds), color)}``; the line is
-    the mean over seeds with an error bar of one sd, each seed a dot. ``threshold``:
-    a dotted line (the accuracy a stable run must reach).
+    ``curves``: a list of ``{label: (multiples, values (multiples, seeds), color)}``;
+    the line is the mean over seeds with an error bar of one sd, each seed a dot.
+    ``threshold``: a dotted line (the accuracy a stable run must reach).
     """
     fig, axes = plt.subplots(1, len(curves), figsize=(4.8 * len(curves), 3.4), squeeze=False)
+    ticks = sorted({m for panel in curves for ms, _, _ in panel.values() for m in ms})
     for ax, panel, ylabel in zip(axes[0], curves, ylabels, strict=True):
-        for label, (values, color) in panel.items():
+        for label, (multiples, values, color) in panel.items():
+            values = np.asarray(values, dtype=float)
             mean, sd = _mean_sd(values, 1)
             ax.errorbar(multiples, mean, yerr=sd, color=color, marker="o", ms=4,
                         capsize=3, label=label)
-            for s in range(np.shape(values)[1]):
-                ax.plot(multiples, np.asarray(values)[:, s], ".", color=color, alpha=0.35)
+            for s in range(values.shape[1]):
+                ax.plot(multiples, values[:, s], ".", color=color, alpha=0.35)
         if threshold is not None:
             ax.axhline(threshold, color=COLORS["grey"], ls=":", lw=1)
         ax.set_xscale("log")
-        ax.set_xticks(multiples, [f"×{m:g}" for m in multiples])
+        ax.set_xticks(ticks, [f"×{m:g}" for m in ticks])
         ax.minorticks_off()
         ax.set(xlabel="learning rate (multiple of 0.1)", ylabel=ylabel, ylim=(0, 1))
     axes[0][0].legend(fontsize=8, loc="lower left")
@@ -515,6 +517,8 @@ def first_steps(traces, colors, layer=-1):
     for ax, (key, get, title) in zip(axes.ravel(), panels, strict=True):
         for label, t in traces.items():
             step = np.arange(1, t["loss"].shape[1] + 1)
+            if key == "gamma_beta" and t["gamma"].shape[-1] == 0:
+                continue  # a network without BN has no gamma and beta
             if key == "gamma_beta":
                 ax.plot(step, t["gamma"][..., layer].mean(0), color=colors[label], label=label)
                 ax.plot(step, t["beta"][..., layer].mean(0), color=colors[label], ls="--")

@@ -19,7 +19,7 @@ from ..batched import StackedMLP, accuracy, train_stacked
 from ..cache import train_or_load
 from ..data import mnist_tensors, train_val_split
 
-DEPTH, WIDTH = 8, 64
+DEPTH, WIDTH = 8, 32
 VAL_SIZE = 5000
 
 
