@@ -7,6 +7,8 @@ from torch import nn
 
 from bnutils.batched import StackedMLP
 from bnutils.experiments import deep_mlp, regularization
+from bnutils.experiments import learning_rates as lrs
+from bnutils.experiments.figure3 import config_settings
 from bnutils.experiments.regularization import RegularizedMLP
 from bnutils.norms import GhostBatchNorm
 
@@ -129,3 +131,48 @@ def test_regularization_returns_train_test_and_gap(monkeypatch, tmp_path):
         np.testing.assert_allclose(r["gap"], r["train_acc"] - r["acc"])
         assert r["train_curve"].shape == (2, 2) and r["step"].tolist() == [2, 4]
     assert not np.array_equal(out["bn"]["train_curve"], out["ghost_6"]["train_curve"])
+
+
+def _run(val, acc=None, diverged=(False, False, False)):
+    val = np.asarray(val, dtype=float)
+    return {"val_acc": val, "acc": val if acc is None else np.asarray(acc, dtype=float),
+            "diverged": list(diverged)}
+
+
+def test_stable_needs_every_seed_above_the_threshold_and_none_diverged():
+    assert lrs.stable(_run([[0.2, 0.8], [0.3, 0.7], [0.1, 0.6]]), 0.5)
+    assert not lrs.stable(_run([[0.2, 0.8], [0.3, 0.4], [0.1, 0.6]]), 0.5)
+    assert not lrs.stable(_run([[0.2, 0.8], [0.3, 0.7], [0.1, 0.6]], diverged=(0, 1, 0)), 0.5)
+    assert not lrs.stable(_run(np.zeros((3, 0))), 0.5)  # diverged before any evaluation
+
+
+def test_largest_stable_is_the_top_of_the_unbroken_run_from_the_bottom():
+    ok, bad = _run([[0.9], [0.9], [0.9]]), _run([[0.9], [0.1], [0.9]])
+    assert lrs.largest_stable({0.5: ok, 1: ok, 2: bad, 5: ok}, 0.5) == 1  # 5 comes too late
+    assert lrs.largest_stable({0.5: bad, 1: ok}, 0.5) is None
+    assert lrs.largest_stable({1: ok, 10: ok}, 0.5) == 10
+
+
+def test_gains_are_differences_of_mean_final_accuracy_and_shares_of_the_total():
+    runs = {"bn": _run([[0.8], [0.8], [0.8]]), "rate": _run([[0.83], [0.81], [0.82]]),
+            "all": _run([[0.84], [0.84], [0.84]]),
+            "broken": _run([[0.9], [0.9], [0.9]], diverged=(True, True, True))}
+    g = lrs.gains(runs)
+    assert g["bn"] == (0.0, 0.0)
+    assert g["rate"][0] == pytest.approx(0.02) and g["rate"][1] == pytest.approx(0.5)
+    assert g["all"][1] == pytest.approx(1.0)
+    assert g["broken"][0] == pytest.approx(0.1 - 0.8)  # a diverged seed counts as chance
+
+
+def test_ablation_and_x30_settings_change_one_thing_each():
+    ab = lrs.ablation_settings()
+    base = ab["bn"]
+    for name in ("rate", "decay", "dropout", "weight_decay"):
+        assert sum(ab[name][k] != base[k] for k in base) == 1, name
+    assert ab["all"] == config_settings("bn_x5")
+    fixes = lrs.x30_settings(50)
+    x30 = fixes.pop("bn_x30")
+    assert x30 == config_settings("bn_x30")
+    for name, spec in fixes.items():
+        assert {k: v for k, v in spec.items() if k in x30} == x30, name
+        assert len(set(spec) - set(x30)) in (1, 2), name
