@@ -26,18 +26,28 @@ ABLATION = {
 }
 
 
-def grid(steps, multiples, seeds, dataset="fashion-mnist", progress=True, **options):
-    """Train ``small_cnn`` without and with BN at every learning-rate ``multiples`` of
-    the base rate (0.1), all other settings the baseline's (cached per run).
+def grid(steps, multiples, seeds, threshold, dataset="fashion-mnist", stop_after=2,
+         progress=True, **options):
+    """Train ``small_cnn`` without and with BN at learning-rate ``multiples`` of the
+    base rate (0.1), all other settings the baseline's (cached per run).
 
-    Returns ``{"none": {m: result}, "bn": {m: result}}``, each result the ``run_cnn``
-    arrays stacked over ``seeds`` (``figure3.stack``). ``options`` go to ``run_cnn``.
+    Each network climbs the grid from the smallest multiple and stops after
+    ``stop_after`` multiples in a row that are not ``stable`` at ``threshold`` (higher
+    rates would fail too; their runs are skipped, not shown). Returns ``{"none": {m:
+    result}, "bn": {m: result}}``, each result the ``run_cnn`` arrays stacked over
+    ``seeds`` (``figure3.stack``). ``options`` go to ``run_cnn``.
     """
-    return {net: {m: cached_runs("cnn-lr-grid", steps, seeds, run_cnn, progress,
-                                 dataset=dataset, **settings(norm, changes=[("rate", m)]),
-                                 **options)
-                  for m in multiples}
-            for net, norm in (("none", None), ("bn", "bn"))}
+    out = {}
+    for net, norm in (("none", None), ("bn", "bn")):
+        out[net], failures = {}, 0
+        for m in sorted(multiples):
+            r = cached_runs("cnn-lr-grid", steps, seeds, run_cnn, progress, dataset=dataset,
+                            **settings(norm, changes=[("rate", m)]), **options)
+            out[net][m] = r
+            failures = 0 if stable(r, threshold) else failures + 1
+            if failures == stop_after:
+                break
+    return out
 
 
 def ablation_settings():
