@@ -48,7 +48,7 @@ CHANGES = ("rate", "decay", "dropout", "weight_decay")
 PROTOCOL = {
     "full": {"steps": 1000, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
              "options": {"evals": 10, "trace": 100}},
-    "quick": {"steps": 40, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
+    "quick": {"steps": 30, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
               "options": {"evals": 1, "trace": 10, "n_val": 200, "n_test": 500,
                           "n_probe": 100}},
 }
@@ -185,7 +185,8 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
     Returns ``step, acc, val_acc, loss`` ``(n,)`` with ``n = evals + 1`` or fewer when
     the run diverged (``loss``: mean training loss since the previous evaluation),
     ``dead, saturated`` ``(n, layers)`` (NaN where a layer has the other nonlinearity),
-    ``diverged``, ``diverged_step`` (``-1`` if not), ``seconds`` and the settings.
+    ``diverged``, ``diverged_step`` (``-1`` if not), ``seconds`` (wall clock),
+    ``cpu_seconds`` (CPU time of the process) and the settings.
     With ``trace > 0``, ``trace`` holds per-step arrays over the first ``trace`` steps,
     measured on each training batch: ``loss``, ``logit_std`` (the logits' std over the
     classes, averaged over the batch), ``dead`` (share of dead ReLU units per layer),
@@ -194,7 +195,7 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
     """
     x, y, x_val, y_val, x_test, y_test = _tensors(dataset, n_train, n_test)
     x_val, y_val = x_val[:n_val], y_val[:n_val]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     set_seed(seed)
     model = small_cnn(norm=norm, activation=activation, dropout=dropout)
     optimizer = torch.optim.SGD(_groups(model, lr, slow, slow_lr), lr=lr, momentum=0.9,
@@ -248,6 +249,7 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
         "diverged": diverged,
         "diverged_step": len(losses) if diverged else -1,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
         "norm": norm or "none", "activation": activation, "lr": lr, "dropout": dropout,
         "weight_decay": weight_decay, "lr_half_life": half_life * steps, "warmup": warmup,
         "slow": list(slow), "slow_lr": slow_lr if slow else lr,
