@@ -47,7 +47,7 @@ CHANGES = ("rate", "decay", "dropout", "weight_decay")
 # the two chapters share (same settings, steps, seeds and options) come from the cache.
 PROTOCOL = {
     "full": {"steps": 1000, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
-             "options": {"evals": 10, "trace": 100}},
+             "options": {"evals": 5, "trace": 100}},
     "quick": {"steps": 30, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
               "options": {"evals": 1, "trace": 10, "n_val": 200, "n_test": 500,
                           "n_probe": 100}},
@@ -174,9 +174,9 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
     linearly over the first ``warmup`` steps and halves every ``half_life * steps``
     steps. ``slow``: kinds of parameters (``"affine"``: BN's gamma and beta, ``"head"``:
     the last linear layer) that get ``slow_lr`` instead (the parameters BN's scale
-    invariance does not protect). The validation and test accuracy are measured
-    ``evals`` times, evenly spaced, and at step 0 (unless ``eval_start`` is false),
-    together with the share of dead ReLU
+    invariance does not protect). The test accuracy is measured ``evals`` times,
+    evenly spaced, and at step 0 (unless ``eval_start`` is false), the validation
+    accuracy at the end (it decides; NaN at the other evaluations), together with the share of dead ReLU
     units and of saturated sigmoid values per layer on the first ``n_probe``
     validation images (in train mode, see ``_probe``). ``n_train``, ``n_val``, ``n_test``: use only the
     first so many images of each set (``None``: all). A mini-batch loss that is not finite or exceeds
@@ -207,8 +207,9 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
 
     def evaluate(step):
         dead, saturated = _probe(model, x_val[:n_probe])
-        logs.append((step, accuracy(model, x_test, y_test, batch_size=500),
-                     accuracy(model, x_val, y_val, batch_size=500), dead, saturated))
+        val = accuracy(model, x_val, y_val, batch_size=500) if step == steps else np.nan
+        logs.append((step, accuracy(model, x_test, y_test, batch_size=500), val, dead,
+                     saturated))
 
     if eval_start:
         evaluate(0)

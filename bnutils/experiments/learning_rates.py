@@ -26,7 +26,7 @@ ABLATION = {
 }
 
 
-def grid(steps, multiples, seeds, threshold, dataset="fashion-mnist", stop_after=2,
+def grid(steps, multiples, seeds, threshold, dataset="fashion-mnist", stop_after=1,
          progress=True, **options):
     """Train ``small_cnn`` without and with BN at learning-rate ``multiples`` of the
     base rate (0.1), all other settings the baseline's (cached per run).
