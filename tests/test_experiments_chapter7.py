@@ -176,3 +176,43 @@ def test_ablation_and_x30_settings_change_one_thing_each():
     for name, spec in fixes.items():
         assert {k: v for k, v in spec.items() if k in x30} == x30, name
         assert len(set(spec) - set(x30)) in (1, 2), name
+
+
+def _touch(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _fail():
+    raise RuntimeError("a run failed")
+
+
+def test_prefill_runs_every_call_in_workers_and_in_process(tmp_path):
+    from bnutils.experiments.parallel import prefill
+
+    for workers in (1, 2):
+        calls = [(_touch, (tmp_path / f"{workers}-{i}", str(i)), {}) for i in range(3)]
+        assert prefill(calls, workers=workers) == 3
+        assert [(tmp_path / f"{workers}-{i}").read_text() for i in range(3)] == ["0", "1", "2"]
+    with pytest.raises(RuntimeError, match="a run failed"):
+        prefill([(_fail, (), {}), (_touch, (tmp_path / "x", ""), {})], workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        prefill([], workers=0)
+
+
+def test_prefilled_runs_are_the_notebooks_cache_hits(tmp_path, monkeypatch):
+    """Workers store each run under the key the notebook's own call looks up."""
+    from bnutils.experiments.figure3 import figure3
+    from bnutils.experiments.parallel import prefill
+
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    tiny = {"dataset": "fashion-mnist", "evals": 1, "n_val": 50, "n_test": 50,
+            "n_probe": 20, "progress": False}
+    calls = [(figure3, (4,), {"seeds": (s,), "configs": ["bn"], **tiny})
+             for s in (0, 1)]
+    prefill(calls, workers=2)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 4  # two runs, .json and .npz each
+    both = figure3(4, seeds=(0, 1), configs=["bn"], **tiny)["bn"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # nothing trained again
+    assert both["acc"].shape == (2, 2)

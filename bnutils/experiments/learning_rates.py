@@ -14,6 +14,7 @@ protocol (``figure3.protocol``, so that the runs they share come from its cache)
 import numpy as np
 
 from .figure3 import cached_runs, config_settings, finals, run_cnn, settings
+from .parallel import prefill
 
 # the section 4.2.1 changes added to ``bn`` one at a time; "all" is bn_x5
 ABLATION = {
@@ -27,7 +28,7 @@ ABLATION = {
 
 
 def grid(steps, multiples, seeds, threshold, dataset="fashion-mnist", stop_after=1,
-         progress=True, **options):
+         workers=1, progress=True, **options):
     """Train ``small_cnn`` without and with BN at learning-rate ``multiples`` of the
     base rate (0.1), all other settings the baseline's (cached per run).
 
@@ -35,19 +36,27 @@ def grid(steps, multiples, seeds, threshold, dataset="fashion-mnist", stop_after
     ``stop_after`` multiples in a row that are not ``stable`` at ``threshold`` (higher
     rates would fail too; their runs are skipped, not shown). Returns ``{"none": {m:
     result}, "bn": {m: result}}``, each result the ``run_cnn`` arrays stacked over
-    ``seeds`` (``figure3.stack``). ``options`` go to ``run_cnn``.
+    ``seeds`` (``figure3.stack``). ``options`` go to ``run_cnn``. ``workers``: train
+    the runs of each multiple in that many processes (``parallel.prefill``).
     """
-    out = {}
-    for net, norm in (("none", None), ("bn", "bn")):
-        out[net], failures = {}, 0
-        for m in sorted(multiples):
-            r = cached_runs("cnn-lr-grid", steps, seeds, run_cnn, progress, dataset=dataset,
-                            **settings(norm, changes=[("rate", m)]), **options)
-            out[net][m] = r
-            failures = 0 if stable(r, threshold) else failures + 1
-            if failures == stop_after:
-                break
+    nets = {"none": None, "bn": "bn"}
+    out, failures = {net: {} for net in nets}, dict.fromkeys(nets, 0)
+    for m in sorted(multiples):
+        climbing = [net for net in nets if failures[net] < stop_after]
+        prefill([_grid_call(steps, nets[net], m, (s,), dataset, False, options)
+                 for net in climbing for s in seeds], workers)
+        for net in climbing:
+            fn, args, kwargs = _grid_call(steps, nets[net], m, seeds, dataset, progress,
+                                          options)
+            out[net][m] = r = fn(*args, **kwargs)
+            failures[net] = 0 if stable(r, threshold) else failures[net] + 1
     return out
+
+
+def _grid_call(steps, norm, multiple, seeds, dataset, progress, options):
+    """The cached call of one grid point, as ``(fn, args, kwargs)``."""
+    return (cached_runs, ("cnn-lr-grid", steps, seeds, run_cnn, progress),
+            {"dataset": dataset, **settings(norm, changes=[("rate", multiple)]), **options})
 
 
 def ablation_settings():
@@ -68,11 +77,17 @@ def x30_settings(warmup):
             "slow_head": {**x30, "slow": ("head",), "slow_lr": 0.1}}
 
 
-def variants(steps, specs, seeds, dataset="fashion-mnist", progress=True, **options):
+def variants(steps, specs, seeds, dataset="fashion-mnist", workers=1, progress=True,
+             **options):
     """Train every ``{name: settings}`` of ``specs`` with every seed (cached per run).
 
-    Two names with the same settings share their runs. Returns ``{name: result}``.
+    Two names with the same settings share their runs. ``workers``: train them in that
+    many processes first (``parallel.prefill``). Returns ``{name: result}``.
     """
+    if workers > 1:
+        prefill([(variants, (steps, {name: spec}, (s,), dataset),
+                  {"progress": False, **options}) for name, spec in specs.items()
+                 for s in seeds], workers)
     return {name: cached_runs("cnn-variant", steps, seeds, run_cnn, progress,
                               dataset=dataset, **spec, **options)
             for name, spec in specs.items()}
