@@ -1,5 +1,6 @@
-# The two commands: `make book` (build the book) and `make test` (run every check).
-# Both create .venv and install what is missing; nothing else needs to be set up.
+# The two commands: `make book` (build the book) and `make test` (run every check),
+# and `make lab` (JupyterLab on the notebooks, to run them yourself). All create .venv
+# and install what is missing; nothing else needs to be set up.
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -12,23 +13,37 @@ STAMP   := $(VENV)/.installed
 # experiment results (metrics, small weight arrays; never pickle) are cached here
 export BNUTILS_RESULTS ?= $(CURDIR)/_cache/results
 
-.PHONY: book test bench install clean
+# Nobody watches a build or a test run: bnutils.progress prints one summary line per
+# loop there; unset (make lab, Colab, a terminal), it draws live bars.
+SUMMARY := BNBOOK_PROGRESS=summary
+
+.PHONY: book test lab bench install clean
 
 book: $(STAMP)
 	rm -rf _build/html
-	BNBOOK_QUICK=0 $(JB) build . --all
+	BNBOOK_QUICK=0 $(SUMMARY) $(JB) build . --all
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
 # Quick mode everywhere: lint, unit tests and every notebook under nbval, a strict
-# build of the book, then every built page in headless Chromium.
+# build of the book, then in headless Chromium every built page and JupyterLab running
+# two notebooks (tests/browser).
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check notebooks
-	BNBOOK_QUICK=1 OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile \
+	BNBOOK_QUICK=1 OMP_NUM_THREADS=1 $(SUMMARY) $(PY) -m pytest -n 2 --dist loadfile \
 		tests notebooks --nbval-lax --nbval-current-env --ignore=tests/browser
 	rm -rf _build/quick
-	BNBOOK_QUICK=1 $(JB) build . -W -n --keep-going --all --path-output _build/quick
+	BNBOOK_QUICK=1 $(SUMMARY) $(JB) build . -W -n --keep-going --all --path-output _build/quick
 	BNBOOK_HTML=_build/quick/_build/html $(PY) -m pytest tests/browser
+
+# The learner's path: JupyterLab on notebooks/ with the project's kernel (.venv, where
+# bnutils is installed) and live progress bars (ipywidgets). Options go through
+# LAB_ARGS, e.g. make lab LAB_ARGS="--no-browser --port 8899"; as root (a container)
+# JupyterLab needs --allow-root.
+LAB_ARGS ?=
+lab: $(STAMP)
+	$(PY) -c "import jupyterlab, ipywidgets" 2>/dev/null || $(PY) -m pip install -q -r requirements.txt
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/
 
 # Speed and memory goals: each script prints ratios measured in one run; the report
 # (with the machine it ran on) is what the book's benchmarks appendix shows.

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import platform
 import random
 import sys
 import time
@@ -53,26 +54,100 @@ def device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def progress(iterable, desc=None, total=None, disable=False, **kwargs):
-    """Iterate over ``iterable`` with a progress bar that suits where the code runs.
+PROGRESS_ENV = "BNBOOK_PROGRESS"
+PROGRESS_MODES = ("live", "summary")
 
-    A widget in Jupyter or Colab (with ipywidgets), a text bar in a terminal, and, in a
-    kernel that cannot redraw a bar (the book build), one summary line at the end
-    instead of a line per update.
+
+def progress_mode():
+    """How ``progress`` reports: ``"live"`` (the default) or ``"summary"``.
+
+    ``BNBOOK_PROGRESS`` decides whether a person watches: unset or ``live`` where one
+    does (JupyterLab, Colab, a terminal); ``summary`` where nobody does (the book build
+    and the tests, set by the Makefile), so the executed pages keep one line per run.
+    """
+    mode = os.environ.get(PROGRESS_ENV, "").strip().lower() or "live"
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"{PROGRESS_ENV}={os.environ[PROGRESS_ENV]!r}: expected one of "
+                         f"{', '.join(PROGRESS_MODES)} (or unset for live)")
+    return mode
+
+
+def progress(iterable, desc=None, total=None, disable=False, **kwargs):
+    """Iterate over ``iterable`` with a progress bar, with its rate and time left.
+
+    In the ``live`` mode (see ``progress_mode``) a widget in a Jupyter kernel (JupyterLab,
+    Colab) where ipywidgets is installed, else a text bar (a terminal, or a kernel without
+    ipywidgets). In the ``summary`` mode, one line when the loop ends (or stops early):
+    iterations, seconds and rate. ``kwargs`` go to ``tqdm``.
     """
     if disable:
         return iterable
-    if "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is None:
-        return _summary(iterable, desc or "progress")
-    from tqdm.auto import tqdm
-
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if progress_mode() == "summary":
+        return _summary(iterable, desc or "progress", total)
+    if _in_kernel() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm.std import tqdm
     return tqdm(iterable, desc=desc, total=total, **kwargs)
 
 
-def _summary(iterable, desc):
-    start, n = time.perf_counter(), 0
-    for n, item in enumerate(iterable, 1):  # noqa: B007 (n is the count after the loop)
-        yield item
-    seconds = time.perf_counter() - start
-    rate = f", {n / seconds:,.0f} it/s" if seconds > 0 else ""
-    print(f"{desc}: {n:,} iterations in {seconds:.1f} s{rate}")
+def _in_kernel():
+    """True inside a Jupyter kernel (JupyterLab, Colab, nbclient), not a terminal IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def _summary(iterable, desc, total):
+    start, n, done = time.perf_counter(), 0, False
+    try:
+        for n, item in enumerate(iterable, 1):  # noqa: B007 (n is the count after the loop)
+            yield item
+        done = True
+    finally:  # also when the loop stops early (break, an error): the generator closes
+        seconds = time.perf_counter() - start
+        rate = f", {n / seconds:,.0f} it/s" if seconds > 0 else ""
+        count = f"{n:,}" if done or total is None else f"stopped after {n:,} of {total:,}"
+        print(f"{desc}: {count} iterations in {seconds:.1f} s{rate}")
+
+
+# The Python and PyTorch releases the book is tested with, in one place (the setup
+# notebook prints them). The floors are pyproject.toml's minimums; CI runs Python 3.11
+# with the Makefile's torch==2.13.0; the Python ceiling admits Colab's 3.12. A test keeps
+# pyproject.toml, requirements.txt and the Makefile's torch pin in agreement with these.
+TESTED_VERSIONS = {"python": ">=3.10,<3.13", "torch": ">=2.2,<2.14"}
+
+
+def version_check(versions=None):
+    """Whether each running version lies in ``TESTED_VERSIONS``: name -> (version, ok).
+
+    ``versions`` (name -> version string) replaces running ones, for testing.
+    """
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    running = {"python": platform.python_version(), "torch": torch.__version__}
+    running.update(versions or {})
+    return {name: (v, SpecifierSet(TESTED_VERSIONS[name]).contains(Version(v),
+                                                                   prereleases=True))
+            for name, v in running.items()}
+
+
+def version_report(versions=None):
+    """Lines for the setup notebook: each version against its tested range, and what to
+    do when one lies outside it."""
+    checks = version_check(versions)
+    lines = [f"{name} {v}: {'within' if ok else 'OUTSIDE'} the tested range "
+             f"{TESTED_VERSIONS[name]}" for name, (v, ok) in checks.items()]
+    if not all(ok for _, ok in checks.values()):
+        lines.append("The book may still run. If a cell fails:")
+    if not checks["python"][1]:
+        lines += ["- Python: locally, rebuild .venv with a Python in the range",
+                  "  (rm -r .venv; python3.X -m venv .venv; make lab); on Colab,",
+                  "  report it with the issues button atop the book's pages."]
+    if not checks["torch"][1]:
+        lines += [f"- torch: pip install 'torch{TESTED_VERSIONS['torch']}', then restart the",
+                  "  kernel (Colab: Runtime > Restart session)."]
+    return "\n".join(lines)
