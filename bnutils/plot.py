@@ -457,23 +457,36 @@ FIGURE3_STYLES = {
 def figure3_curves(results, reference="baseline", zoom=0.1):
     """Test accuracy against training steps, ReLU networks left, sigmoid networks right.
 
-    ``results``: what ``bnutils.experiments.figure3`` returns. A cross marks where a
-    diverged run was stopped; the dotted grey line is the best accuracy of ``reference``.
-    An inset on the left enlarges the top ``zoom`` of the accuracy axis (below the best
-    of all runs), where the trained ReLU networks differ.
+    ``results``: what ``bnutils.experiments.figure3`` returns (``acc`` of one seed
+    ``(n,)`` or several ``(n_seeds, n)``). The line is the mean over seeds, the band
+    the range from the lowest to the highest seed; a cross marks where a run diverged
+    (and was stopped). The dotted grey line is the best mean accuracy of
+    ``reference``. An inset on the left enlarges the top ``zoom`` of the accuracy axis
+    (below the best of all runs), where the trained ReLU networks differ.
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
-    target = results[reference]["acc"].max()
-    top = max(r["acc"].max() for r in results.values())
+
+    def mean(r):
+        return np.nanmean(np.atleast_2d(r["acc"]), axis=0)
+
+    target = np.nanmax(mean(results[reference]))
+    top = max(np.nanmax(mean(r)) for r in results.values())
     inset = axes[0].inset_axes([0.4, 0.3, 0.57, 0.4])
     for name, r in results.items():
         sigmoid = "sigmoid" in name
         color, style = FIGURE3_STYLES.get(name, (COLORS["grey"], "-"))
+        acc = np.atleast_2d(r["acc"])
+        lr = np.atleast_1d(r["lr"])[0]
         targets = [axes[1]] if sigmoid else [axes[0], inset]
         for ax in targets:
-            ax.plot(r["step"], r["acc"], color=color, ls=style, label=f"{name} (lr {r['lr']:g})")
-            if r["diverged"]:
-                ax.plot(r["step"][-1], r["acc"][-1], "x", color=color, ms=9, mew=2)
+            ax.plot(r["step"], mean(r), color=color, ls=style, label=f"{name} (lr {lr:g})")
+            if len(acc) > 1:
+                ax.fill_between(r["step"], np.nanmin(acc, 0), np.nanmax(acc, 0), color=color,
+                                alpha=0.15, lw=0)
+            for seed_acc, diverged in zip(acc, np.atleast_1d(r["diverged"]), strict=True):
+                if diverged:
+                    last = np.flatnonzero(~np.isnan(seed_acc))[-1]
+                    ax.plot(r["step"][last], seed_acc[last], "x", color=color, ms=9, mew=2)
     for ax in (*axes, inset):
         ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label=f"best {reference}")
     inset.set(ylim=(top - zoom, top + 0.01), xlim=(0, None))
@@ -528,3 +541,178 @@ def smooth(values, window):
     values = np.asarray(values, dtype=float)
     window = max(1, min(window, len(values)))
     return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+# --- Chapter 7: what BN buys, one claim at a time ---------------------------------------
+
+
+def _mean_sd(values, axis):
+    values = np.asarray(values, dtype=float)
+    sd = values.std(axis=axis, ddof=1) if values.shape[axis] > 1 else np.zeros(1)
+    return values.mean(axis=axis), sd
+
+
+def lr_grid(curves, ylabels, threshold=None):
+    """Accuracy against the learning-rate multiple, one panel per entry of ``curves``.
+
+    ``curves``: a list of ``{label: (multiples, values (multiples, seeds), color)}``;
+    the line is the mean over seeds with an error bar of one sd, each seed a dot.
+    ``threshold``: a dotted line (the accuracy a stable run must reach).
+    """
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.8 * len(curves), 3.4), squeeze=False)
+    ticks = sorted({m for panel in curves for ms, _, _ in panel.values() for m in ms})
+    for ax, panel, ylabel in zip(axes[0], curves, ylabels, strict=True):
+        for label, (multiples, values, color) in panel.items():
+            values = np.asarray(values, dtype=float)
+            mean, sd = _mean_sd(values, 1)
+            ax.errorbar(multiples, mean, yerr=sd, color=color, marker="o", ms=4,
+                        capsize=3, label=label)
+            for s in range(values.shape[1]):
+                ax.plot(multiples, values[:, s], ".", color=color, alpha=0.35)
+        if threshold is not None:
+            ax.axhline(threshold, color=COLORS["grey"], ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"×{m:g}" for m in ticks])
+        ax.minorticks_off()
+        ax.set(xlabel="learning rate (multiple of 0.1)", ylabel=ylabel, ylim=(0, 1))
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def first_steps(traces, colors, layer=-1):
+    """What happens over the first steps of several runs (``run_cnn``'s ``trace``).
+
+    ``traces``: ``{label: trace}`` with arrays ``(seeds, steps, ...)``; the mean over
+    seeds is drawn (``colors``: ``{label: color}``). Six panels: the loss, the logits'
+    spread, the share of dead ReLUs in block ``layer``, the growth of the weights of that
+    block's convolution and of the last linear layer (norm over its initial norm), and
+    that block's mean gamma and beta.
+    """
+    panels = [("loss", lambda t: t["loss"], "training loss"),
+              ("logit_std", lambda t: t["logit_std"], "std of the logits"),
+              ("dead", lambda t: t["dead"][..., layer], "dead ReLUs, last block"),
+              ("conv", lambda t: t["conv_norm"][..., layer] / t["conv_norm"][:, :1, layer],
+               "‖W‖ / ‖W₀‖, last convolution"),
+              ("head", lambda t: t["head_norm"] / t["head_norm"][:, :1],
+               "‖W‖ / ‖W₀‖, last linear layer"),
+              ("gamma_beta", None, "γ (solid) and β (dashed), last block")]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 5.6))
+    for ax, (key, get, title) in zip(axes.ravel(), panels, strict=True):
+        for label, t in traces.items():
+            step = np.arange(1, t["loss"].shape[1] + 1)
+            if key == "gamma_beta" and t["gamma"].shape[-1] == 0:
+                continue  # a network without BN has no gamma and beta
+            if key == "gamma_beta":
+                ax.plot(step, t["gamma"][..., layer].mean(0), color=colors[label], label=label)
+                ax.plot(step, t["beta"][..., layer].mean(0), color=colors[label], ls="--")
+            else:
+                ax.plot(step, np.nanmean(get(t), axis=0), color=colors[label], label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        if key in ("conv", "head"):
+            ax.set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def trainability(scales, curves, threshold, ylabel="final test accuracy"):
+    """Accuracy against the initial weight scale (log axis), one curve per network.
+
+    ``curves``: ``{label: (acc (scales, seeds), color)}``; mean with an sd band, each
+    seed a dot; the dotted line is the ``threshold`` that defines the window.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, (acc, color) in curves.items():
+        mean, sd = _mean_sd(acc, 1)
+        ax.plot(scales, mean, "o-", color=color, ms=4, label=label)
+        ax.fill_between(scales, mean - sd, mean + sd, color=color, alpha=0.2, lw=0)
+        for s in range(np.shape(acc)[1]):
+            ax.plot(scales, np.asarray(acc)[:, s], ".", color=color, alpha=0.35)
+    ax.axhline(threshold, color=COLORS["grey"], ls=":", lw=1, label=f"{threshold:.0%}")
+    ax.set_xscale("log")
+    ax.set(xlabel="initial weight scale (std of every weight)", ylabel=ylabel, ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+LAYER_STATS = (("act_mean", "activation mean", False), ("act_std", "activation std", True),
+               ("saturated", "share saturated", False), ("grad_std", "gradient std", True),
+               ("update_ratio", "update / weight", True))
+
+
+def layer_small_multiples(details, titles, colors):
+    """Per-layer statistics (``diagnostics.layer_statistics``) as small multiples.
+
+    ``details``: ``{label: (start, end)}``, each a dict of arrays ``(n_scales, seeds,
+    layers)``; one column per scale (``titles``), one row per statistic; the dashed
+    line is at initialization, the solid one after training (mean over seeds).
+    """
+    n_cols = len(titles)
+    fig, axes = plt.subplots(len(LAYER_STATS), n_cols, figsize=(3.6 * n_cols, 9.5),
+                             sharex=True, squeeze=False)
+    for row, (key, name, log) in enumerate(LAYER_STATS):
+        for col in range(n_cols):
+            ax = axes[row][col]
+            for label, (start, end) in details.items():
+                layers = np.arange(1, start[key].shape[-1] + 1)
+                ax.plot(layers, start[key][col].mean(0), "--", color=colors[label], lw=1)
+                ax.plot(layers, end[key][col].mean(0), "-o", color=colors[label], ms=3,
+                        label=label)
+            if log:
+                ax.set_yscale("log")
+            if row == 0:
+                ax.set_title(titles[col], fontsize=10)
+            if col == 0:
+                ax.set_ylabel(name)
+    for ax in axes[-1]:
+        ax.set_xlabel("hidden layer")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def saturation_over_training(panels, titles):
+    """The share of saturated units per layer over training, one panel per entry of
+    ``panels`` (each ``(step (n,), saturated (n, layers))``); darker is deeper."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), sharey=True,
+                             squeeze=False)
+    for ax, (step, sat), title in zip(axes[0], panels, titles, strict=True):
+        n = sat.shape[1]
+        for j in range(n):
+            ax.plot(step, sat[:, j], color=plt.cm.viridis(j / max(n - 1, 1)),
+                    label=f"layer {j + 1}")
+        ax.set(title=title, xlabel="step", ylim=(-0.02, 1.02))
+    axes[0][0].set_ylabel("share of saturated values")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def regularization_panels(table, ghost_sizes, ghost_gaps, colors):
+    """(a) train and test accuracy of each configuration (mean ± sd bars), (b) the
+    train-test gap against the ghost batch size (``ghost_gaps: (sizes, seeds)``)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.6))
+    names = list(table)
+    x = np.arange(len(names))
+    for offset, key, hatch in ((-0.2, "train_acc", None), (0.2, "acc", "//")):
+        mean = [np.mean(table[n][key]) for n in names]
+        sd = [np.std(table[n][key], ddof=1) for n in names]
+        ax1.bar(x + offset, mean, 0.4, yerr=sd, capsize=3, hatch=hatch,
+                color=[colors[n] for n in names], alpha=0.8, edgecolor="white",
+                label="train" if hatch is None else "test")
+    low = min(np.mean(table[n]["acc"]) for n in names)
+    ax1.set(xticks=x, ylim=(max(0.0, low - 0.05), 1.0), ylabel="accuracy",
+            title="(a) train (plain) and test (hatched)")
+    ax1.set_xticklabels(names, fontsize=8)
+    mean, sd = _mean_sd(ghost_gaps, 1)
+    ax2.errorbar(ghost_sizes, mean, yerr=sd, marker="o", capsize=3, color=COLORS["bn"])
+    ax2.set_xscale("log")
+    ax2.set_xticks(ghost_sizes, [str(v) for v in ghost_sizes])
+    ax2.minorticks_off()
+    ax2.set(xlabel="examples per BN statistic (ghost batch size)",
+            ylabel="train − test accuracy", title="(b) the gap against BN's noise")
+    fig.tight_layout()
+    return fig

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from bnutils.experiments import figure3
-from bnutils.experiments.figure3 import CONFIGS, table
+from bnutils.experiments.figure3 import CHANGES, CONFIGS, config_settings, run_cnn, settings, table
 from bnutils.models import small_cnn
 
-TINY = {"steps": 6, "evals": 2, "n_test": 200, "progress": False}
+TINY = {"steps": 6, "evals": 2, "n_val": 200, "n_test": 200, "n_probe": 100, "progress": False}
 
 
 def test_small_cnn_layout_and_shapes():
@@ -50,26 +50,40 @@ def test_figure3_returns_every_configuration(tmp_path, monkeypatch):
     assert list(results) == list(CONFIGS)
     for name, r in results.items():
         assert r["step"].tolist() == [0, 3, 6], name
-        assert r["acc"].shape == r["loss"].shape == (3,)
+        assert r["acc"].shape == r["val_acc"].shape == r["loss"].shape == (1, 3)
+        assert r["dead"].shape == r["saturated"].shape == (1, 3, 3)  # 3 layers
         assert np.all((0 <= r["acc"]) & (r["acc"] <= 1))
-        assert r["diverged"] is False and r["diverged_step"] == -1
-    assert results["bn_x30"]["lr"] == pytest.approx(30 * results["bn"]["lr"])
+        assert r["diverged"] == [False] and r["diverged_step"] == [-1]
+        relu = CONFIGS[name][1] == "relu"
+        assert np.isnan(r["saturated"]).all() == relu and np.isnan(r["dead"]).all() != relu
+    assert results["bn_x30"]["lr"][0] == pytest.approx(30 * results["bn"]["lr"][0])
     # the section 4.2.1 changes: no dropout, weight decay / 5, 6x faster decay
-    assert results["bn_x5"]["dropout"] == 0 < results["bn"]["dropout"]
-    assert results["bn_x5"]["weight_decay"] == pytest.approx(results["bn"]["weight_decay"] / 5)
-    assert results["bn_x5"]["lr_half_life"] == pytest.approx(results["bn"]["lr_half_life"] / 6)
+    assert results["bn_x5"]["dropout"][0] == 0 < results["bn"]["dropout"][0]
+    assert results["bn_x5"]["weight_decay"][0] == pytest.approx(
+        results["bn"]["weight_decay"][0] / 5)
+    assert results["bn_x5"]["lr_half_life"][0] == pytest.approx(
+        results["bn"]["lr_half_life"][0] / 6)
     rows = {row["name"]: row for row in table(results)}
     baseline = results["baseline"]
-    assert rows["baseline"]["steps_to_reference"] == baseline["step"][baseline["acc"].argmax()]
+    assert rows["baseline"]["steps_to_reference"] == baseline["step"][baseline["acc"][0].argmax()]
     with pytest.raises(ValueError, match="unknown configurations"):
         figure3(configs=["bn_x100"], **TINY)
+
+
+def test_seeds_are_stacked_and_each_is_the_single_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    both = figure3(configs=["bn"], seeds=(0, 1), **TINY)["bn"]
+    alone = figure3(configs=["bn"], seeds=(1,), **TINY)["bn"]
+    assert both["acc"].shape == (2, 3) and both["n_seeds"] == 2
+    np.testing.assert_array_equal(both["acc"][1], alone["acc"][0])
+    assert not np.array_equal(both["acc"][0], both["acc"][1])  # seeds differ
 
 
 def test_figure3_is_reproducible(tmp_path, monkeypatch):
     runs = []
     for folder in ("a", "b"):  # two caches, so the second run trains again
         monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path / folder))
-        runs.append(figure3(configs=["bn", "baseline"], seed=3, **TINY))
+        runs.append(figure3(configs=["bn", "baseline"], seeds=(3,), **TINY))
     for name in ("bn", "baseline"):
         np.testing.assert_array_equal(runs[0][name]["acc"], runs[1][name]["acc"])
         np.testing.assert_array_equal(runs[0][name]["loss"], runs[1][name]["loss"])
@@ -78,6 +92,97 @@ def test_figure3_is_reproducible(tmp_path, monkeypatch):
 def test_absurd_learning_rate_is_flagged_and_stopped(tmp_path, monkeypatch):
     monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
     r = figure3(configs=["baseline"], lr=1e4, **{**TINY, "steps": 50})["baseline"]
-    assert r["diverged"] is True
-    assert 0 < r["diverged_step"] < 50  # stopped early
-    assert r["step"][-1] < r["diverged_step"]  # accuracy kept as it was before
+    assert r["diverged"] == [True]
+    assert 0 < r["diverged_step"][0] < 50  # stopped early
+    assert r["step"][-1] < r["diverged_step"][0]  # accuracy kept as it was before
+    assert table({"baseline": r})[0]["final_acc"] == 0.1  # a diverged run counts as chance
+
+
+def test_settings_apply_each_change_alone():
+    base = settings("bn")
+    assert base == {"norm": "bn", "activation": "relu", "lr": 0.1, "dropout": 0.2,
+                    "weight_decay": 5e-4, "half_life": 1.0}
+    for change, key, value in (("rate", "lr", 0.5), ("decay", "half_life", 1 / 6),
+                               ("dropout", "dropout", 0.0),
+                               ("weight_decay", "weight_decay", 1e-4)):
+        changed = settings("bn", changes=[change])
+        assert changed[key] == pytest.approx(value)
+        assert {k: v for k, v in changed.items() if k != key} == {
+            k: v for k, v in base.items() if k != key}
+    assert settings(changes=[("rate", 30)])["lr"] == pytest.approx(3.0)
+    assert config_settings("bn_x5") == settings("bn", changes=["rate", *CHANGES[1:]])
+    with pytest.raises(ValueError, match="unknown change"):
+        settings(changes=["lrn"])
+
+
+def test_warmup_slow_groups_and_trace(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    r = run_cnn(8, norm="bn", lr=3.0, warmup=4, slow=("affine", "head"), slow_lr=0.1,
+                trace=5, evals=2, n_val=100, n_test=100, n_probe=50, progress=False)
+    t = r["trace"]
+    assert t["loss"].shape == t["logit_std"].shape == t["head_norm"].shape == (5,)
+    for key in ("dead", "conv_norm", "gamma", "beta"):
+        assert t[key].shape == (5, 3), key
+    assert t["gamma"][0] == pytest.approx([1, 1, 1]) and t["beta"][0] == pytest.approx([0, 0, 0])
+    assert np.all(t["conv_norm"] > 0) and np.all((0 <= t["dead"]) & (t["dead"] <= 1))
+    assert r["slow"] == ["affine", "head"] and r["warmup"] == 4
+    with pytest.raises(ValueError, match="parameter kinds"):
+        run_cnn(2, norm="bn", slow=("conv",), progress=False)
+
+
+def test_learning_rate_factor_warms_up_then_halves():
+    from bnutils.experiments.figure3 import lr_factor
+
+    assert [lr_factor(t, 100, warmup=3) for t in range(3)] == pytest.approx(
+        [0.25 * 0.5 ** (t / 100) * (t + 1) for t in range(3)])
+    assert lr_factor(50, 100, half_life=0.5) == pytest.approx(0.5)
+    assert lr_factor(100, 600, half_life=1 / 6) == pytest.approx(0.5)
+    assert lr_factor(0, 10) == 1.0
+
+
+def test_slow_parameters_get_their_own_rate():
+    from bnutils.experiments.figure3 import _groups
+
+    torch.manual_seed(0)
+    net = small_cnn(norm="bn")
+    groups = _groups(net, 3.0, ("head",), 0.1)
+    assert [g["lr"] for g in groups] == [3.0, 0.1]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in net[-1].parameters()}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(net.parameters()))
+    assert len(_groups(net, 3.0, (), 0.1)) == 1
+    affine = _groups(net, 3.0, ("affine",), 0.1)[1]["params"]
+    assert len(affine) == 6  # gamma and beta of three BN layers
+
+
+def test_table_measures_every_row_against_the_reference_best():
+    """Steps to the *reference's* best accuracy, not each row's own (issue 15)."""
+    step = np.array([0, 100, 200, 300])
+
+    def run(acc, lr=0.1, diverged=False):
+        return {"step": step, "acc": np.array(acc), "lr": lr, "diverged": diverged}
+
+    results = {
+        "baseline": run([0.1, 0.5, 0.7, 0.6]),  # best 0.7 at step 200
+        "fast": run([0.1, 0.75, 0.8, 0.95], lr=0.5),  # passes 0.7 at step 100
+        "slow": run([0.1, 0.3, 0.5, 0.69]),  # never reaches 0.7
+        "broken": run([0.1, 0.72, 0.1], diverged=True),
+    }
+    results["broken"]["step"] = step[:3]
+    rows = {r["name"]: r for r in table(results)}
+    assert rows["baseline"]["steps_to_reference"] == 200
+    assert rows["fast"]["steps_to_reference"] == 100  # its own best (0.95) comes at 300
+    assert rows["slow"]["steps_to_reference"] is None  # its own best it reaches, at 300
+    assert rows["broken"]["steps_to_reference"] == 100
+    assert [rows[n]["best_acc"] for n in results] == [0.7, 0.95, 0.69, 0.72]
+    assert rows["fast"]["lr"] == 0.5 and rows["broken"]["diverged"] is True
+    other = {r["name"]: r for r in table(results, reference="fast")}
+    assert other["fast"]["steps_to_reference"] == 300
+    assert other["baseline"]["steps_to_reference"] is None
+
+
+def test_clearly_above_needs_the_ranges_apart():
+    from bnutils.experiments.figure3 import clearly_above
+
+    assert clearly_above([0.9, 0.91, 0.92], [0.8, 0.81, 0.79])
+    assert not clearly_above([0.8, 0.81, 0.79], [0.9, 0.91, 0.92])
+    assert not clearly_above([0.85, 0.95, 0.9], [0.86, 0.82, 0.84])  # ranges overlap

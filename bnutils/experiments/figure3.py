@@ -1,21 +1,33 @@
 """Section 4.2 of the paper scaled down: a small CNN trained with and without BN.
 
-Derived in notebook 06. The paper's table compares Inception with BN-Inception variants
-on ImageNet; here ``small_cnn`` is trained on (Fashion-)MNIST in the same seven
-configurations, with the section 4.2.1 changes that apply to a model this small.
+Derived in notebook 06; notebook 07 takes its configurations apart one change at a
+time. The paper's table compares Inception with BN-Inception variants on ImageNet;
+here ``small_cnn`` is trained on (Fashion-)MNIST in the same seven configurations, with
+the section 4.2.1 changes that apply to a model this small.
+
+Every run trains on the training set minus a fixed validation split
+(``VAL_SIZE`` images, the same for every run), so that choices can be made on the
+validation accuracy and the test set is only reported.
 """
 
 import time
+from contextlib import nullcontext
 from functools import lru_cache
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
 
+from .. import diagnostics
 from ..cache import train_or_load
-from ..config import set_seed
-from ..data import mnist_tensors
+from ..config import choose, set_seed
+from ..config import progress as progress_bar
+from ..data import batches, mnist_tensors, train_val_split
 from ..models import small_cnn
-from ..train import accuracy, train
+from ..train import accuracy
+
+VAL_SIZE = 5000
 
 # name -> (norm, activation, multiple of the base learning rate, section 4.2.1 changes)
 CONFIGS = {
@@ -28,103 +40,346 @@ CONFIGS = {
     "baseline_x5": (None, "relu", 5, False),
 }
 
+# the section 4.2.1 changes that apply to small_cnn, each a change of one setting
+CHANGES = ("rate", "decay", "dropout", "weight_decay")
 
-@lru_cache(maxsize=1)
+# Chapter 6's runs, full and quick. Chapter 7 trains on the same protocol, so the runs
+# the two chapters share (same settings, steps, seeds and options) come from the cache.
+PROTOCOL = {
+    "full": {"steps": 1000, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
+             "options": {"evals": 5, "trace": 100}},
+    "quick": {"steps": 30, "seeds": (0, 1), "dataset": "fashion-mnist",
+              "options": {"evals": 1, "trace": 10, "n_val": 200, "n_test": 500,
+                          "n_probe": 100}},
+}
+
+
+def protocol():
+    """Chapter 6's protocol in the current run mode: ``steps``, ``seeds``, ``dataset``
+    and the ``options`` of ``run_cnn`` (a copy)."""
+    chosen = choose(full=PROTOCOL["full"], quick=PROTOCOL["quick"])
+    return {**chosen, "options": dict(chosen["options"])}
+
+
+@lru_cache(maxsize=2)
 def _tensors(dataset, n_train, n_test):
-    """Training and test images ``(N, 1, 28, 28)``, loaded once for all configurations."""
+    """Training, validation and test images ``(N, 1, 28, 28)``, loaded once.
+
+    The validation split is the same for every run; ``n_train`` keeps the first
+    ``n_train`` training images after it is split off.
+    """
     x, y = mnist_tensors("train", flatten=False, dataset=dataset)
+    (x, y), (x_val, y_val) = train_val_split(x, y, VAL_SIZE, seed=0)
     x_test, y_test = mnist_tensors("test", flatten=False, dataset=dataset)
-    return x[:n_train], y[:n_train], x_test[:n_test], y_test[:n_test]
+    return x[:n_train], y[:n_train], x_val, y_val, x_test[:n_test], y_test[:n_test]
 
 
-def run_config(name, steps, seed=0, dataset="mnist", lr=0.1, batch_size=64,
-               weight_decay=5e-4, dropout=0.2, evals=15, max_loss=20.0, n_train=None,
-               n_test=None, progress=True):
+def settings(norm=None, activation="relu", lr=0.1, dropout=0.2, weight_decay=5e-4,
+             changes=()):
+    """The settings of one run: the baseline's, with some section 4.2.1 ``changes``.
+
+    ``changes``: a subset of ``CHANGES``, or a multiple ``("rate", m)`` pair for the
+    rate: ``"rate"`` multiplies the learning rate by 5, ``"decay"`` halves the rate
+    6 times as often, ``"dropout"`` removes dropout, ``"weight_decay"`` divides the L2
+    weight decay by 5. Returns a dict for ``run_cnn``; ``half_life`` is a fraction of
+    the run's steps.
+    """
+    multiple = 1
+    for change in changes:
+        if isinstance(change, tuple) and change[0] == "rate":
+            multiple = change[1]
+        elif change == "rate":
+            multiple = 5
+        elif change not in CHANGES:
+            raise ValueError(f"unknown change {change!r}; choose from {CHANGES}")
+    return {
+        "norm": norm, "activation": activation, "lr": lr * multiple,
+        "dropout": 0.0 if "dropout" in changes else dropout,
+        "weight_decay": weight_decay / 5 if "weight_decay" in changes else weight_decay,
+        "half_life": 1 / 6 if "decay" in changes else 1.0,
+    }
+
+
+def config_settings(name, lr=0.1, dropout=0.2, weight_decay=5e-4):
+    """The settings (see ``settings``) of configuration ``name`` of ``CONFIGS``."""
+    norm, activation, multiple, accelerated = CONFIGS[name]
+    changes = [("rate", multiple)] + (["decay", "dropout", "weight_decay"] if accelerated
+                                      else [])
+    return settings(norm, activation, lr, dropout, weight_decay, changes)
+
+
+def _groups(model, lr, slow, slow_lr):
+    """Parameter groups: the ``slow`` kinds (``"affine"``: BN's gamma and beta,
+    ``"head"``: the last linear layer) get ``slow_lr``, everything else ``lr``."""
+    kinds = {"affine": [p for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+                        for p in m.parameters()],
+             "head": list(model[-1].parameters())}
+    unknown = sorted(set(slow) - set(kinds))
+    if unknown:
+        raise ValueError(f"unknown parameter kinds {unknown}; choose from {sorted(kinds)}")
+    chosen = {id(p) for kind in slow for p in kinds[kind]}
+    fast = [p for p in model.parameters() if id(p) not in chosen]
+    groups = [{"params": fast, "lr": lr}]
+    if chosen:
+        groups.append({"params": [p for p in model.parameters() if id(p) in chosen],
+                       "lr": slow_lr})
+    return groups
+
+
+def lr_factor(t, steps, half_life=1.0, warmup=0):
+    """The learning rate of update ``t = 0, 1, ...`` as a multiple of the initial one:
+    a linear rise over the first ``warmup`` updates (``1/(warmup+1), 2/(warmup+1),
+    ...``), times a halving every ``half_life * steps`` updates."""
+    return min(1.0, (t + 1) / (warmup + 1)) * 0.5 ** (t / (half_life * steps))
+
+
+def _trace_row(model, logits, loss, seen):
+    """What ``run_cnn`` records at each traced step (see its docstring)."""
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model if isinstance(m, nn.BatchNorm2d)]
+    relus = [u for m, u in seen if isinstance(m, nn.ReLU)]
+    return {
+        "loss": loss.item(),
+        "logit_std": logits.detach().std(dim=1).mean().item(),
+        "dead": [diagnostics.dead_fraction(u) for u in relus],
+        "conv_norm": [c.weight.detach().norm().item() for c in convs],
+        "head_norm": model[-1].weight.detach().norm().item(),
+        "gamma": [b.weight.detach().mean().item() for b in bns],
+        "beta": [b.bias.detach().mean().item() for b in bns],
+    }
+
+
+def _probe(model, x):
+    """Dead ReLU units (share per layer) or saturated sigmoid values (share per layer)
+    of ``model`` on the images ``x``, in train mode (BN with the statistics of ``x``,
+    as in training; the running statistics are left as they were)."""
+    with torch.no_grad(), diagnostics.kept_buffers(model), \
+            diagnostics.record_inputs(model) as seen:
+        model(x)
+    dead = [diagnostics.dead_fraction(u) if isinstance(m, nn.ReLU) else np.nan
+            for m, u in seen]
+    saturated = [diagnostics.saturation(u, "sigmoid") if isinstance(m, nn.Sigmoid)
+                 else np.nan for m, u in seen]
+    return dead, saturated
+
+
+def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1,
+            dropout=0.2, weight_decay=5e-4, half_life=1.0, warmup=0, slow=(),
+            slow_lr=0.1, batch_size=64, evals=15, max_loss=20.0, n_train=None,
+            n_val=None, n_test=None, n_probe=1000, trace=0, eval_start=True, progress=True,
+            desc="training"):
+    """Train one ``small_cnn(norm, activation, dropout)``; no caching.
+
+    SGD with momentum 0.9 and L2 ``weight_decay``; the learning rate ``lr`` rises
+    linearly over the first ``warmup`` steps and halves every ``half_life * steps``
+    steps. ``slow``: kinds of parameters (``"affine"``: BN's gamma and beta, ``"head"``:
+    the last linear layer) that get ``slow_lr`` instead (the parameters BN's scale
+    invariance does not protect). The test accuracy is measured ``evals`` times,
+    evenly spaced, and at step 0 (unless ``eval_start`` is false), the validation
+    accuracy at the end (it decides; NaN at the other evaluations), together with the share of dead ReLU
+    units and of saturated sigmoid values per layer on the first ``n_probe``
+    validation images (in train mode, see ``_probe``). ``n_train``, ``n_val``, ``n_test``: use only the
+    first so many images of each set (``None``: all). A mini-batch loss that is not finite or exceeds
+    ``max_loss`` marks the run diverged and stops it.
+
+    Returns ``step, acc, val_acc, loss`` ``(n,)`` with ``n = evals + 1`` or fewer when
+    the run diverged (``loss``: mean training loss since the previous evaluation),
+    ``dead, saturated`` ``(n, layers)`` (NaN where a layer has the other nonlinearity),
+    ``diverged``, ``diverged_step`` (``-1`` if not), ``seconds`` (wall clock),
+    ``cpu_seconds`` (CPU time of the process) and the settings.
+    With ``trace > 0``, ``trace`` holds per-step arrays over the first ``trace`` steps,
+    measured on each training batch: ``loss``, ``logit_std`` (the logits' std over the
+    classes, averaged over the batch), ``dead`` (share of dead ReLU units per layer),
+    ``conv_norm`` (the norm of each convolution's weights), ``head_norm`` (the last
+    linear layer's), ``gamma`` and ``beta`` (their mean per BN layer).
+    """
+    x, y, x_val, y_val, x_test, y_test = _tensors(dataset, n_train, n_test)
+    x_val, y_val = x_val[:n_val], y_val[:n_val]
+    start, cpu = time.perf_counter(), time.process_time()
+    set_seed(seed)
+    model = small_cnn(norm=norm, activation=activation, dropout=dropout)
+    optimizer = torch.optim.SGD(_groups(model, lr, slow, slow_lr), lr=lr, momentum=0.9,
+                                weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: lr_factor(t, steps, half_life, warmup))
+    log_every = max(1, steps // evals)
+    logs, losses, traced = [], [], []
+
+    def evaluate(step):
+        dead, saturated = _probe(model, x_val[:n_probe])
+        val = accuracy(model, x_val, y_val, batch_size=500) if step == steps else np.nan
+        logs.append((step, accuracy(model, x_test, y_test, batch_size=500), val, dead,
+                     saturated))
+
+    if eval_start:
+        evaluate(0)
+    stream = batches(x, y, batch_size, seed=seed)
+    model.train()
+    diverged = False
+    for step in progress_bar(range(1, steps + 1), desc=desc, disable=not progress,
+                             mininterval=1):
+        xb, yb = next(stream)
+        tracing = step <= trace
+        with diagnostics.record_inputs(model) if tracing else nullcontext([]) as seen:
+            logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        losses.append(loss.item())
+        if not losses[-1] <= max_loss:  # also catches NaN
+            diverged = True
+            break
+        if tracing:
+            traced.append(_trace_row(model, logits, loss, seen))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % log_every == 0 or step == steps:
+            evaluate(step)
+    step = np.array([s for s, *_ in logs], dtype=int)
+    losses = np.array(losses)
+    edges = step if eval_start else np.concatenate([[0], step])
+    window = [losses[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    result = {
+        "step": step,
+        "acc": np.array([a for _, a, *_ in logs]),
+        "val_acc": np.array([v for _, _, v, *_ in logs]),
+        # at step 0: the loss of the first, untrained batch
+        "loss": np.array([losses[0], *window] if eval_start else window),
+        "dead": np.array([d for *_, d, _ in logs]),
+        "saturated": np.array([s for *_, s in logs]),
+        "diverged": diverged,
+        "diverged_step": len(losses) if diverged else -1,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "norm": norm or "none", "activation": activation, "lr": lr, "dropout": dropout,
+        "weight_decay": weight_decay, "lr_half_life": half_life * steps, "warmup": warmup,
+        "slow": list(slow), "slow_lr": slow_lr if slow else lr,
+    }
+    if traced:
+        result["trace"] = {k: np.array([row[k] for row in traced]) for k in traced[0]}
+    return result
+
+
+def run_config(name, steps, seed=0, dataset="mnist", lr=0.1, dropout=0.2,
+               weight_decay=5e-4, **options):
     """Train ``small_cnn`` in configuration ``name`` (a key of ``CONFIGS``); no caching.
 
     SGD with momentum 0.9, learning rate ``lr`` times the configuration's multiple,
     halved every ``steps`` steps (every ``steps / 6`` with the section 4.2.1 changes,
-    which also drop dropout and divide the weight decay by 5). The test accuracy is
-    measured ``evals`` times, evenly spaced, and at step 0. A mini-batch loss that is
-    not finite or exceeds ``max_loss`` marks the run diverged and stops it.
-    ``n_train``, ``n_test``: use only the first ``n_train`` training and ``n_test`` test
-    images (``None``: all; the quick mode uses fewer).
-    Returns ``step, acc, loss`` arrays ``(evals + 1,)`` or shorter when the run diverged
-    (``loss``: mean training loss since the previous evaluation), ``diverged``,
-    ``diverged_step`` (``-1`` if not), ``seconds`` (wall-clock time) and the settings.
+    which also drop dropout and divide the weight decay by 5). ``options`` go to
+    ``run_cnn`` (``batch_size``, ``evals``, ``max_loss``, ``n_train``, ``n_val``,
+    ``n_test``, ``n_probe``, ``trace``, ``progress``), which documents the result.
     """
-    norm, activation, multiple, accelerated = CONFIGS[name]
-    settings = {
-        "norm": norm or "none", "activation": activation, "lr": lr * multiple,
-        "dropout": 0.0 if accelerated else dropout,
-        "weight_decay": weight_decay / 5 if accelerated else weight_decay,
-        "lr_half_life": steps / 6 if accelerated else steps,
-    }
-    x, y, x_test, y_test = _tensors(dataset, n_train, n_test)
-    start = time.perf_counter()
-    set_seed(seed)
-    model = small_cnn(norm=norm, activation=activation, dropout=settings["dropout"])
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=0.9,
-                                weight_decay=settings["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda t: 0.5 ** (t / settings["lr_half_life"]))
-
-    initial_acc = accuracy(model, x_test, y_test, batch_size=500)
-    log_every = max(1, steps // evals)
-    logs, losses = train(model, optimizer, x, y, steps, batch_size=batch_size, seed=seed,
-                         log_every=log_every, progress=progress, desc=name,
-                         on_log=lambda s, m: (s, accuracy(m, x_test, y_test, batch_size=500)),
-                         scheduler=scheduler, max_loss=max_loss)
-    diverged = len(losses) > 0 and not losses[-1].item() <= max_loss
-    step = np.array([0] + [s for s, _ in logs])
-    window = [losses[a:b].mean().item() for a, b in zip(step[:-1], step[1:], strict=True)]
-    return {
-        "step": step,
-        "acc": np.array([initial_acc] + [a for _, a in logs]),
-        "loss": np.array(losses[:1].tolist() + window),  # step 0: the first, untrained batch
-        "diverged": bool(diverged),
-        "diverged_step": len(losses) if diverged else -1,
-        "seconds": time.perf_counter() - start,
-        **settings,
-    }
+    return run_cnn(steps, seed, dataset, **config_settings(name, lr, dropout, weight_decay),
+                   desc=name, **options)
 
 
-def figure3(steps, seed=0, dataset="mnist", configs=None, progress=True, **options):
+def cached_runs(key, steps, seeds, run, progress=True, **config):
+    """``run(steps=..., seed=s, **config)`` for every seed in ``seeds``, each cached
+    under the name ``key``, stacked along a first seed axis (see ``stack``)."""
+    runs = [train_or_load(key, {"steps": steps, "seed": int(s), **config},
+                          lambda **c: run(**c, progress=progress), verbose=False)
+            for s in seeds]
+    return stack(runs)
+
+
+def stack(runs):
+    """One dict from the results of several seeds: arrays get a first seed axis
+    (a run that diverged early is padded with NaN), other values become lists, and
+    ``seeds`` counts them. ``step`` is the longest run's."""
+    longest = max(runs, key=lambda r: len(r["step"]))
+    out = {"step": longest["step"], "n_seeds": len(runs)}
+    for key, value in runs[0].items():
+        if key == "step":
+            continue
+        if isinstance(value, np.ndarray):
+            out[key] = np.stack([_pad(r[key], len(longest[key])) for r in runs])
+        elif isinstance(value, dict):
+            out[key] = {k: np.stack([r[key][k] for r in runs]) for k in value}
+        else:
+            out[key] = [r[key] for r in runs]
+    return out
+
+
+def _pad(a, n):
+    a = np.asarray(a, dtype=float)
+    if len(a) == n:
+        return a
+    return np.concatenate([a, np.full((n - len(a), *a.shape[1:]), np.nan)])
+
+
+def figure3(steps, seeds=(0,), dataset="mnist", configs=None, progress=True, **options):
     """Train every configuration of ``CONFIGS`` (or those named in ``configs``) for
-    ``steps`` steps on ``dataset`` ("mnist" or "fashion-mnist"), caching each run.
+    ``steps`` steps on ``dataset`` ("mnist" or "fashion-mnist") with every seed of
+    ``seeds``, caching each run.
 
-    Returns ``{name: result}`` with, per configuration, ``step`` and ``acc`` (test
-    accuracy) arrays, ``loss``, ``diverged`` and the settings (see ``run_config``, which
-    also takes the ``options``: ``lr``, ``batch_size``, ``weight_decay``, ``dropout``,
-    ``evals``, ``max_loss``, ``n_train``, ``n_test``).
+    Returns ``{name: result}``: per configuration, the arrays of ``run_cnn`` stacked
+    over seeds (``acc: (n_seeds, n)`` and so on, NaN after a seed diverged), ``step``,
+    ``diverged`` (a list, one per seed) and the settings (``lr`` etc., one per seed).
+    ``options`` go to ``run_config``.
     """
     names = list(CONFIGS) if configs is None else list(configs)
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         raise ValueError(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
-    results = {}
-    for name in names:
-        config = {"name": name, "steps": steps, "seed": seed, "dataset": dataset, **options}
-        results[name] = train_or_load(
-            f"figure3-{name}", config,
-            lambda **c: run_config(**c, progress=progress), verbose=False)
-    return results
+    return {name: cached_runs(f"figure3-{name}", steps, seeds, run_config, progress,
+                              name=name, dataset=dataset, **options)
+            for name in names}
+
+
+def finals(result):
+    """Each seed's final test accuracy, ``(n_seeds,)``; a seed that diverged counts as
+    chance (0.1): its training stopped, so its last accuracy is not a final one."""
+    acc = np.atleast_2d(result["acc"])
+    diverged = np.atleast_1d(result["diverged"]).astype(bool)
+    if acc.shape[1] == 0:  # every seed diverged before its first evaluation
+        return np.full(len(diverged), 0.1)
+    return np.where(diverged | np.isnan(acc[:, -1]), 0.1, acc[:, -1])
+
+
+def mean_sd(values):
+    """Mean and standard deviation (``ddof=1``; 0 for one value) over a seed axis."""
+    values = np.asarray(values, dtype=float)
+    sd = values.std(ddof=1) if len(values) > 1 else 0.0
+    return float(values.mean()), float(sd)
 
 
 def table(results, reference="baseline"):
     """One row per configuration, the columns of the paper's section 4.2 table.
 
-    ``results``: what ``figure3`` returns. Each row holds ``name``, ``lr`` (initial),
-    ``steps_to_reference``: the first evaluated step at which the test accuracy reaches
-    the best accuracy of ``reference`` (``None``: never), ``best_acc`` and ``diverged``.
+    ``results``: what ``figure3`` returns (``acc`` of one seed ``(n,)`` or of several
+    ``(n_seeds, n)``). Each row holds ``name``, ``lr`` (initial), ``steps_to_reference``:
+    the first evaluated step at which the seed-averaged test accuracy reaches the best
+    seed-averaged accuracy of ``reference`` (``None``: never), ``best_acc`` and
+    ``best_sd`` (each seed's best test accuracy: mean and sd over seeds), ``final_acc``
+    and ``final_sd`` (at the last step; a seed that diverged counts as chance, 0.1),
+    and ``diverged`` (how many seeds diverged; a bool for one seed).
     """
-    target = results[reference]["acc"].max()
+    def curve(r):
+        return np.nanmean(np.atleast_2d(r["acc"]), axis=0)
+
+    target = np.nanmax(curve(results[reference]))
     rows = []
     for name, r in results.items():
-        reached = np.flatnonzero(r["acc"] >= target)
+        acc = np.atleast_2d(r["acc"])
+        mean = curve(r)
+        reached = np.flatnonzero(mean >= target)
+        lr, diverged = r["lr"], r["diverged"]
+        final = finals(r)
         rows.append({
-            "name": name, "lr": r["lr"],
+            "name": name, "lr": lr[0] if isinstance(lr, list) else lr,
             "steps_to_reference": int(r["step"][reached[0]]) if len(reached) else None,
-            "best_acc": float(r["acc"].max()), "diverged": bool(r["diverged"]),
+            "best_acc": mean_sd(np.nanmax(acc, axis=1))[0],
+            "best_sd": mean_sd(np.nanmax(acc, axis=1))[1],
+            "final_acc": mean_sd(final)[0], "final_sd": mean_sd(final)[1],
+            "diverged": sum(diverged) if isinstance(diverged, list) else bool(diverged),
         })
     return rows
+
+
+def clearly_above(a, b):
+    """True when the runs ``a`` are above the runs ``b`` by more than their spread:
+    ``mean(a) - sd(a) > mean(b) + sd(b)`` (one value per seed each; the rule of the
+    book's verdicts, so that seed-to-seed variation is not called a difference)."""
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    return bool(ma - sa > mb + sb)

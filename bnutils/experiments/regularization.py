@@ -1,0 +1,192 @@
+"""Does BN regularize? Dropout, BN and ghost BN on a small training set.
+
+Derived in notebook 07. Section 3.4 of the paper: a training example is seen together
+with random batch-mates, so BN's output for it is noisy, which "acts as a regularizer"
+and can make Dropout unnecessary. Tested where overfitting shows: a ReLU MLP trained on
+a few thousand MNIST images until it fits them, {no BN, BN} x {no dropout, dropout},
+then BN's noise turned up and down with ghost batches (the statistics of every
+``virtual_batch`` examples of a mini-batch, Hoffer et al., 2017).
+
+``bnutils.batched.StackedMLP`` has neither dropout nor ghost batches;
+``RegularizedMLP`` adds both to its forward pass (per network), and nothing else.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from ..batched import StackedMLP, accuracy, train_stacked
+from ..cache import train_or_load
+from ..data import mnist_tensors, train_val_split
+
+VAL_SIZE = 5000
+
+
+class RegularizedMLP(StackedMLP):
+    """``StackedMLP`` with dropout after every hidden activation and ghost BN.
+
+    ``dropout``: a rate per net (one number or ``k``); net ``i`` zeroes each hidden
+    activation with probability ``dropout[i]`` in training and scales the rest by
+    ``1 / (1 - dropout[i])`` (``nn.Dropout``). ``virtual_batch``: ``None`` or one size
+    per net (``None`` entries: the whole mini-batch); with ``norm``, net ``i``
+    normalizes each run of ``virtual_batch[i]`` consecutive examples of its
+    mini-batch with their own statistics, as ``bnutils.norms.GhostBatchNorm`` does
+    (the mini-batch must be a multiple of it), and its running statistics move towards
+    the average over those chunks. Evaluation uses the running statistics, no dropout.
+    """
+
+    def __init__(self, k, *args, dropout=0.0, virtual_batch=None, **kwargs):
+        super().__init__(k, *args, **kwargs)
+        self.dropout = torch.as_tensor(np.broadcast_to(np.asarray(dropout, float), (k,)).copy())
+        if ((self.dropout < 0) | (self.dropout >= 1)).any():
+            raise ValueError(f"dropout rates must be in [0, 1), got {self.dropout.tolist()}")
+        sizes = [None] * k if virtual_batch is None else list(virtual_batch)
+        if len(sizes) != k:
+            raise ValueError(f"virtual_batch must have k={k} entries, got {len(sizes)}")
+        if any(v is not None and v < 2 for v in sizes):
+            raise ValueError(f"virtual batch sizes must be at least 2, got {sizes}")
+        if not self.norm and any(v is not None for v in sizes):
+            raise ValueError("virtual_batch needs norm=True")
+        self.virtual_batch = sizes
+
+    def forward(self, x):
+        """Logits ``(k, B, out_features)``; ``x: (B, in_features)`` shared by all nets."""
+        biases = iter(self.biases)
+        act = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}[self.activation]
+        if self.training and self.norm:
+            self.num_batches_tracked += 1
+        h = x
+        for j, weight in enumerate(self.weights):
+            last = j == len(self.weights) - 1
+            if j == 0:  # one product for all nets: (B, in) @ (in, k * out)
+                h = (x @ weight.reshape(-1, weight.shape[2]).T).view(len(x), self.k, -1)
+                h = h.transpose(0, 1)
+            else:
+                h = torch.bmm(h, weight.transpose(1, 2))
+            if not self.norm or last:
+                h = h + next(biases).unsqueeze(1)
+            if last:
+                return h
+            if self.norm:
+                h = self._ghost_norm(h, j) if self.training else self._batch_norm(h, j)
+            h = act(h)
+            if self.training and (self.dropout > 0).any():
+                keep = (1 - self.dropout).to(h).view(-1, 1, 1)
+                h = h * (torch.rand_like(h) < keep) / keep
+        return h
+
+    def _ghost_norm(self, h, j):
+        """BN of ``h: (k, B, w)`` in training, per net over its virtual batches."""
+        k, n, w = h.shape
+        sizes = [n if v is None else v for v in self.virtual_batch]
+        if any(n % v for v in sizes):
+            raise ValueError(f"the mini-batch ({n}) must be a multiple of every virtual "
+                             f"batch size, got {sorted(set(sizes))}")
+        running_mean, running_var = self._running(j)
+        out = torch.empty_like(h)
+        for v in sorted(set(sizes)):
+            nets = torch.tensor([i for i, s in enumerate(sizes) if s == v])
+            chunks = h[nets].view(len(nets), n // v, v, w)
+            mean = chunks.mean(2, keepdim=True)
+            var = chunks.var(2, unbiased=False, keepdim=True)
+            x_hat = ((chunks - mean) / torch.sqrt(var + self.eps)).view(len(nets), n, w)
+            out[nets] = self.gamma[j][nets].unsqueeze(1) * x_hat + self.beta[j][nets].unsqueeze(1)
+            with torch.no_grad():
+                unbiased = var.squeeze(2) * v / (v - 1)
+                running_mean[nets] = torch.lerp(running_mean[nets], mean.squeeze(2).mean(1),
+                                                self.momentum)
+                running_var[nets] = torch.lerp(running_var[nets], unbiased.mean(1),
+                                               self.momentum)
+        return out
+
+
+@lru_cache(maxsize=1)
+def _tensors(n_train):
+    """MNIST: the first ``n_train`` training images (after a fixed validation split is
+    taken out), the validation split and the test set, ``(N, 784)``."""
+    x, y = mnist_tensors("train")
+    (x, y), (x_val, y_val) = train_val_split(x, y, VAL_SIZE, seed=0)
+    x_test, y_test = mnist_tensors("test")
+    return x[:n_train], y[:n_train], x_val, y_val, x_test, y_test
+
+
+def run_nets(steps, norm, nets, seeds, n_train=5000, hidden=(100, 100, 100), lr=0.1,
+             batch_size=60, evals=10, n_val=None, n_test=None, progress=True):
+    """Train one ReLU MLP per (variant, seed), side by side, on ``n_train`` images; no
+    caching. ``nets``: a list of ``(dropout, virtual_batch)`` variants; ``lr``: one
+    rate or one per variant. Plain SGD, no weight decay, PyTorch's default init; net
+    ``(variant, seed)`` is seeded with ``seed`` and all nets see the same mini-batches.
+
+    Returns arrays ``[variant, seed]``: ``train_acc``, ``val_acc``, ``acc`` (test),
+    all at the end, and ``step (n,)``, ``train_curve``, ``val_curve`` ``(n, variants,
+    seeds)`` every ``steps / evals`` steps.
+    """
+    x, y, x_val, y_val, x_test, y_test = _tensors(n_train)
+    x_val, y_val, x_test, y_test = x_val[:n_val], y_val[:n_val], x_test[:n_test], y_test[:n_test]
+    n_v, n_s = len(nets), len(seeds)
+    model = RegularizedMLP(n_v * n_s, 784, tuple(hidden), 10, "relu", norm=norm, init_std=None,
+                           seeds=list(seeds) * n_v,
+                           dropout=np.repeat([d for d, _ in nets], n_s),
+                           virtual_batch=[v for _, v in nets for _ in seeds])
+    rates = np.repeat(np.broadcast_to(np.asarray(lr, dtype=float), (n_v,)), n_s)
+
+    def callback(step, model):
+        return {"train_curve": accuracy(model, x, y).reshape(n_v, n_s),
+                "val_curve": accuracy(model, x_val, y_val).reshape(n_v, n_s)}
+
+    logs = train_stacked(model, x, y, steps, rates, batch_size=batch_size, data_seeds=0,
+                         log_every=max(1, steps // evals), callback=callback,
+                         progress=progress, desc=f"{'BN' if norm else 'no BN'} MLP")
+    return {
+        "step": logs["step"], "train_curve": logs["train_curve"],
+        "val_curve": logs["val_curve"],
+        "train_acc": logs["train_curve"][-1], "val_acc": logs["val_curve"][-1],
+        "acc": accuracy(model, x_test, y_test).reshape(n_v, n_s),
+        "diverged": logs["diverged"].reshape(n_v, n_s),
+    }
+
+
+def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, **options):
+    """{no BN, BN} x {no dropout, ``dropout``}, and BN with each ghost batch size of
+    ``virtual_batches`` (no dropout), every one with every seed (cached).
+
+    ``lr``: ``{"none": rate, "bn": rate}``. Returns ``{name: {train_acc, val_acc, acc,
+    gap, train_curve, val_curve, step}}`` with ``name`` in ``"none"``,
+    ``"none_dropout"``, ``"bn"``, ``"bn_dropout"``, ``"ghost_<size>"``; ``gap`` is
+    train minus test accuracy, per seed.
+    """
+    variants = {"none": [((0.0, None), "none"), ((dropout, None), "none_dropout")],
+                "bn": [((0.0, None), "bn"), ((dropout, None), "bn_dropout")]
+                + [((0.0, int(v)), f"ghost_{v}") for v in virtual_batches]}
+    out = {}
+    for net, norm in (("none", False), ("bn", True)):
+        config = {"steps": steps, "norm": norm, "nets": [list(v) for v, _ in variants[net]],
+                  "seeds": list(seeds), "lr": float(lr[net]),
+                  **{k: v for k, v in options.items() if k != "progress"}}
+        r = train_or_load(
+            f"regularization-{net}", config,
+            lambda **c: run_nets(**{**c, "nets": [tuple(v) for v in c["nets"]]},
+                                 progress=options.get("progress", True)),
+            verbose=False)
+        for i, (_, name) in enumerate(variants[net]):
+            out[name] = {k: r[k][..., i, :] if r[k].ndim == 3 else r[k][i]
+                         for k in ("train_acc", "val_acc", "acc", "train_curve", "val_curve")}
+            out[name]["gap"] = out[name]["train_acc"] - out[name]["acc"]
+            out[name]["step"] = r["step"]
+    return out
+
+
+def tune_lr(steps, norm, rates, seed=0, **options):
+    """Final validation accuracy of the plain net (no dropout) at each rate of
+    ``rates``, one seed (cached): ``{"lr": (rates,), "val_acc": (rates,)}``."""
+    def run(**c):
+        r = run_nets(c["steps"], c["norm"], [(0.0, None)] * len(c["rates"]), [c["seed"]],
+                     lr=c["rates"], progress=options.get("progress", True),
+                     **{k: c[k] for k in c if k not in ("steps", "norm", "rates", "seed")})
+        return {"lr": np.array(c["rates"]), "val_acc": r["val_acc"][:, 0]}
+
+    config = {"steps": steps, "norm": norm, "rates": list(map(float, rates)), "seed": seed,
+              **{k: v for k, v in options.items() if k != "progress"}}
+    return train_or_load("regularization-lr", config, run, verbose=False)
+

@@ -1,0 +1,218 @@
+"""Chapter 7's experiments: the regularization MLP, the deep MLP and learning rates."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnutils.batched import StackedMLP
+from bnutils.experiments import deep_mlp, regularization
+from bnutils.experiments import learning_rates as lrs
+from bnutils.experiments.figure3 import config_settings
+from bnutils.experiments.regularization import RegularizedMLP
+from bnutils.norms import GhostBatchNorm
+
+
+def _pair(**kwargs):
+    args = dict(k=3, in_features=12, hidden=(8, 6), out_features=4, activation="relu",
+                norm=True, init_std=0.3, seeds=[0, 1, 2])
+    return StackedMLP(**args), RegularizedMLP(**args, **kwargs)
+
+
+def test_without_dropout_or_ghosts_it_is_the_stacked_mlp():
+    plain, ours = _pair()
+    x = torch.randn(20, 12)
+    for mode in (True, False):
+        plain.train(mode), ours.train(mode)
+        torch.testing.assert_close(ours(x), plain(x))
+    for a, b in zip(ours.buffers(), plain.buffers(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_ghost_batches_match_ghost_batch_norm_net_by_net():
+    _, ours = _pair(virtual_batch=[4, None, 10])
+    x = torch.randn(20, 12)
+    out = ours(x)
+    for i, v in enumerate([4, 20, 10]):
+        net = ours._make_net(i)  # the same initial weights as net i
+        layers = []
+        for m in net:  # BatchNorm1d -> GhostBatchNorm over chunks of v examples
+            layers.append(GhostBatchNorm(m.num_features, v) if isinstance(m, nn.BatchNorm1d)
+                          else m)
+        ghost = nn.Sequential(*layers)
+        torch.testing.assert_close(out[i], ghost(x), rtol=1e-5, atol=1e-5)
+        norms = [m for m in ghost if isinstance(m, GhostBatchNorm)]
+        for j, g in enumerate(norms):
+            mean, var = ours._running(j)
+            torch.testing.assert_close(mean[i], g.running_mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(var[i], g.running_var, rtol=1e-5, atol=1e-6)
+
+
+def test_smaller_virtual_batches_make_an_example_depend_less_on_the_rest():
+    _, ours = _pair(virtual_batch=[4, None, 10])
+    x = torch.randn(20, 12)
+    y = x.clone()
+    y[10:] += 5.0  # change the second half of the batch only
+    a, b = ours(x), ours(y)
+    assert torch.equal(a[0, :8], b[0, :8])  # chunks of 4: the first 8 are untouched
+    assert torch.equal(a[2, :10], b[2, :10])  # chunks of 10
+    assert not torch.allclose(a[1, :10], b[1, :10])  # one batch: all of it moves
+
+
+def test_dropout_keeps_the_mean_and_is_off_in_eval():
+    torch.manual_seed(0)
+    net = RegularizedMLP(2, 1, (2000,), 1, "relu", norm=False, init_std=0.0, seeds=[0, 1],
+                         dropout=[0.0, 0.5])
+    with torch.no_grad():  # every hidden unit outputs 1, the output is their mean
+        net.weights[0].fill_(1.0)
+        net.weights[1].fill_(1 / 2000)
+        net.biases[1].zero_()
+    x = torch.ones(3, 1)
+    out = net(x)[:, :, 0]
+    assert torch.allclose(out[0], torch.ones(3))
+    assert not torch.allclose(out[1], torch.ones(3))
+    assert out[1].sub(1).abs().max() < 0.1  # inverted dropout: the mean is kept
+    net.eval()
+    assert torch.allclose(net(x), torch.ones(2, 3, 1))
+
+
+def test_regularized_mlp_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="needs norm=True"):
+        RegularizedMLP(2, 4, (3,), 2, norm=False, virtual_batch=[2, None])
+    with pytest.raises(ValueError, match="dropout"):
+        RegularizedMLP(2, 4, (3,), 2, dropout=1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        RegularizedMLP(2, 4, (3,), 2, norm=True, virtual_batch=[1, None])
+    net = RegularizedMLP(2, 4, (3,), 2, norm=True, virtual_batch=[3, None])
+    with pytest.raises(ValueError, match="multiple"):
+        net(torch.randn(10, 4))
+
+
+def test_window_of_trainable_scales():
+    scales = np.array([0.01, 0.1, 1.0, 10.0])
+    acc = np.array([[0.1, 0.1], [0.9, 0.8], [0.95, 0.97], [0.2, 0.9]])  # (scales, seeds)
+    assert deep_mlp.window(acc, scales, 0.5) == (0.1, 10.0, 100.0)
+    assert deep_mlp.window(acc, scales, 0.9) == (1.0, 1.0, 1.0)
+    lo, hi, ratio = deep_mlp.window(acc, scales, 0.99)
+    assert np.isnan(lo) and np.isnan(hi) and ratio == 0.0
+
+
+def test_run_scales_records_what_it_promises(monkeypatch, tmp_path):
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    r = deep_mlp.run_scales(4, True, [0.1, 1.0], [0, 1], lr=[0.5, 0.1], depth=3, width=8,
+                            evals=2, detail=(1,), n_probe=50, n_val=100, n_test=100,
+                            progress=False)
+    assert r["acc"].shape == r["val_acc"].shape == r["diverged"].shape == (2, 2)
+    assert r["step"].tolist() == [0, 2, 4]
+    assert r["saturated"].shape == (3, 2, 2, 3) and r["val_curve"].shape == (3, 2, 2)
+    assert r["start"]["act_std"].shape == r["end"]["update_ratio"].shape == (1, 2, 3)
+    # BN makes each layer's input N(0, 1) at the start, whatever the scale: sigmoid
+    # outputs near 1/2, few saturated
+    assert np.allclose(r["start"]["act_mean"], 0.5, atol=0.05)
+    assert np.all(r["saturated"][0] < 0.05)
+
+
+def test_without_bn_a_large_scale_saturates_and_a_small_one_does_not():
+    r = deep_mlp.run_scales(1, False, [0.01, 3.0], [0], lr=0.1, depth=3, width=16,
+                            evals=1, n_probe=200, n_val=200, n_test=100, progress=False)
+    small, large = r["saturated"][0, :, 0]  # at the start, (depth,) each
+    assert large[0] > 0.9 and np.all(large > 0.5) and np.all(small == 0.0)
+
+
+def test_regularization_returns_train_test_and_gap(monkeypatch, tmp_path):
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    out = regularization.regularization(4, seeds=(0, 1), lr={"none": 0.1, "bn": 0.1},
+                                        virtual_batches=(6,), n_train=120, hidden=(8,),
+                                        batch_size=12, evals=2, n_val=50, n_test=50,
+                                        progress=False)
+    assert list(out) == ["none", "none_dropout", "bn", "bn_dropout", "ghost_6"]
+    for r in out.values():
+        assert r["train_acc"].shape == r["acc"].shape == r["gap"].shape == (2,)
+        np.testing.assert_allclose(r["gap"], r["train_acc"] - r["acc"])
+        assert r["train_curve"].shape == (2, 2) and r["step"].tolist() == [2, 4]
+    assert not np.array_equal(out["bn"]["train_curve"], out["ghost_6"]["train_curve"])
+
+
+def _run(val, acc=None, diverged=(False, False, False)):
+    val = np.asarray(val, dtype=float)
+    return {"val_acc": val, "acc": val if acc is None else np.asarray(acc, dtype=float),
+            "diverged": list(diverged)}
+
+
+def test_stable_needs_every_seed_above_the_threshold_and_none_diverged():
+    assert lrs.stable(_run([[0.2, 0.8], [0.3, 0.7], [0.1, 0.6]]), 0.5)
+    assert not lrs.stable(_run([[0.2, 0.8], [0.3, 0.4], [0.1, 0.6]]), 0.5)
+    assert not lrs.stable(_run([[0.2, 0.8], [0.3, 0.7], [0.1, 0.6]], diverged=(0, 1, 0)), 0.5)
+    assert not lrs.stable(_run(np.zeros((3, 0))), 0.5)  # diverged before any evaluation
+
+
+def test_largest_stable_is_the_top_of_the_unbroken_run_from_the_bottom():
+    ok, bad = _run([[0.9], [0.9], [0.9]]), _run([[0.9], [0.1], [0.9]])
+    assert lrs.largest_stable({0.5: ok, 1: ok, 2: bad, 5: ok}, 0.5) == 1  # 5 comes too late
+    assert lrs.largest_stable({0.5: bad, 1: ok}, 0.5) is None
+    assert lrs.largest_stable({1: ok, 10: ok}, 0.5) == 10
+
+
+def test_gains_are_differences_of_mean_final_accuracy_and_shares_of_the_total():
+    runs = {"bn": _run([[0.8], [0.8], [0.8]]), "rate": _run([[0.83], [0.81], [0.82]]),
+            "all": _run([[0.84], [0.84], [0.84]]),
+            "broken": _run([[0.9], [0.9], [0.9]], diverged=(True, True, True))}
+    g = lrs.gains(runs)
+    assert g["bn"] == (0.0, 0.0)
+    assert g["rate"][0] == pytest.approx(0.02) and g["rate"][1] == pytest.approx(0.5)
+    assert g["all"][1] == pytest.approx(1.0)
+    assert g["broken"][0] == pytest.approx(0.1 - 0.8)  # a diverged seed counts as chance
+
+
+def test_ablation_and_x30_settings_change_one_thing_each():
+    ab = lrs.ablation_settings()
+    base = ab["bn"]
+    for name in ("rate", "decay", "dropout", "weight_decay"):
+        assert sum(ab[name][k] != base[k] for k in base) == 1, name
+    assert ab["all"] == config_settings("bn_x5")
+    fixes = lrs.x30_settings(50)
+    x30 = fixes.pop("bn_x30")
+    assert x30 == config_settings("bn_x30")
+    for name, spec in fixes.items():
+        assert {k: v for k, v in spec.items() if k in x30} == x30, name
+        assert len(set(spec) - set(x30)) in (1, 2), name
+
+
+def _touch(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _fail():
+    raise RuntimeError("a run failed")
+
+
+def test_prefill_runs_every_call_in_workers_and_in_process(tmp_path):
+    from bnutils.experiments.parallel import prefill
+
+    for workers in (1, 2):
+        calls = [(_touch, (tmp_path / f"{workers}-{i}", str(i)), {}) for i in range(3)]
+        assert prefill(calls, workers=workers) == 3
+        assert [(tmp_path / f"{workers}-{i}").read_text() for i in range(3)] == ["0", "1", "2"]
+    with pytest.raises(RuntimeError, match="a run failed"):
+        prefill([(_fail, (), {}), (_touch, (tmp_path / "x", ""), {})], workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        prefill([], workers=0)
+
+
+def test_prefilled_runs_are_the_notebooks_cache_hits(tmp_path, monkeypatch):
+    """Workers store each run under the key the notebook's own call looks up."""
+    from bnutils.experiments.figure3 import figure3
+    from bnutils.experiments.parallel import prefill
+
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    tiny = {"dataset": "fashion-mnist", "evals": 1, "n_val": 50, "n_test": 50,
+            "n_probe": 20, "progress": False}
+    calls = [(figure3, (4,), {"seeds": (s,), "configs": ["bn"], **tiny})
+             for s in (0, 1)]
+    prefill(calls, workers=2)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 4  # two runs, .json and .npz each
+    both = figure3(4, seeds=(0, 1), configs=["bn"], **tiny)["bn"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # nothing trained again
+    assert both["acc"].shape == (2, 2)
