@@ -311,7 +311,9 @@ def _edit_markdown(nb, find, change):
 
 
 def _first_verdict(name):
-    v = next(v for v in Notebook(name, _raw(name)).verdicts if v["key"])
+    # a verdict whose words are both visible ("at least " / "" cannot be typed back)
+    v = next(v for v in Notebook(name, _raw(name)).verdicts
+             if v["key"] and all(w.strip() for w in v["words"]))
     return v, "{glue:text}`" + v["key"] + "`"
 
 
