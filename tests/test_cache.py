@@ -821,7 +821,8 @@ def test_bnutils_is_followed_where_it_is_installed(monkeypatch):
     nb = _notebook("from bnutils import models\ndef run():\n    return models.mlp()\n")
     before = cache.code_version(nb["run"])
     installed = str(Path(bnutils.__file__).parents[1].resolve()) + os.sep  # as in site-packages
-    monkeypatch.setattr(cache, "_library_folders", lambda: (installed,))
+    libraries = cache._library_folders()  # torch stays a library wherever .venv is
+    monkeypatch.setattr(cache, "_library_folders", lambda: (*libraries, installed))
     assert cache.code_version(nb["run"]) == before
     monkeypatch.setattr(models, "mlp", lambda: None)
     assert cache.code_version(nb["run"]) != before
