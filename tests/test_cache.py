@@ -449,6 +449,21 @@ def test_partial_arguments_are_keyed(tmp_path):
     assert version(functools.partial(_echo, a=1)) != version(functools.partial(_echo, b=1))
 
 
+def test_progress_bars_share_a_result():
+    """Chapter 6 fills the cache without bars (worker processes) and reads it with them."""
+    version = cache.code_version
+
+    def bound(progress):
+        return lambda **c: _echo(**c, progress=progress)
+
+    assert version(functools.partial(_echo, a=1, progress=True)) == \
+        version(functools.partial(_echo, a=1, progress=False))
+    assert version(functools.partial(_echo, a=1, progress=False)) != \
+        version(functools.partial(_echo, a=2, progress=False))
+    assert version(bound(True)) == version(bound(False))
+    assert version(bound(True)) != version(lambda **c: _echo(**c, progress=True))
+
+
 def _helper(steps):
     return {"x": np.full(steps, 1.0)}
 
