@@ -1184,7 +1184,7 @@ from test_cache import NOTEBOOK, _notebook
 nb = _notebook(NOTEBOOK)
 print(bnutils.__file__)
 print(cache.cache_key("exp", {{"ids": {{"x", "y", "z"}}, "method": "gn"}}, nb["run"]))
-print(cache.code_version(functools.partial(sys.modules["bnutils.experiments.figure1"]._run,
+print(cache.code_version(functools.partial(sys.modules["bnutils.experiments.figure1"]._runs,
                                            progress=False)))
 print(cache.code_version(lambda **c: figure3.run_config(**c, progress=False)))
 exec(compile("def f(x):\\n    return x in {{'bn', 'ln', 'gn', 'in'}}", "<no source>", "exec"))

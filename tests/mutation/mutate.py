@@ -52,11 +52,6 @@ MODULES = {
     "inference": ["test_inference.py"],
     "norms": ["test_norms.py", "test_properties.py"],
 }
-# tests that cannot run under mutmut: they start another Python on the copied bnutils,
-# which mutmut's instrumented code does not support (they check keys across processes)
-DESELECT = {
-    "cache": ["tests/test_cache.py::test_keys_are_the_same_in_another_process_checkout_and_hash_seed"],
-}
 # decorators that are safe around a function that mutmut calls once per mutant
 SAFE_DECORATORS = {"torch.no_grad()", "contextmanager", "once_differentiable"}
 KEEP_ON_COPIES = {"staticmethod", "classmethod"}
@@ -131,18 +126,10 @@ def prepare(module):
         'source_paths = ["bnutils"]\n'
         f'only_mutate = ["bnutils/{module}.py"]\n'
         'pytest_add_cli_args_test_selection = ["tests"]\n'
-        f"pytest_add_cli_args = {_pytest_args(module)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
         "use_git_change_detection = false\n"
     )
     return folder
-
-
-def _pytest_args(module):
-    """pytest's options for the module's runs, as a TOML list."""
-    args = ["-p", "no:cacheprovider", "-q"]
-    for test in DESELECT.get(module, []):
-        args += ["--deselect", test]
-    return json.dumps(args)
 
 
 def _run_in(folder, *args):
