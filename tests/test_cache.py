@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import types
 from pathlib import Path
@@ -665,19 +664,8 @@ def test_a_dataclass_of_a_module_has_a_key():
     assert cache.code_version(Point) == cache.code_version(Point)
 
 
-def test_a_read_only_results_folder_fails_before_running(tmp_path, monkeypatch):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    if os.geteuid() == 0:  # root writes anywhere: make the write fail as it would for a user
-        real = tempfile.TemporaryFile
-
-        def refuse(*args, dir=None, **kwargs):
-            if Path(dir) == folder:
-                raise PermissionError(13, "Permission denied", str(folder))
-            return real(*args, dir=dir, **kwargs)
-
-        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+def test_a_read_only_results_folder_fails_before_running(tmp_path, read_only):
+    folder = read_only(tmp_path / "ro")
     with pytest.raises(OSError, match="cannot store results in .*ro"):
         cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=folder)
     assert CALLS == []

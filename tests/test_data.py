@@ -356,23 +356,8 @@ def test_fashion_mnist_has_no_subset():
         data.fingerprint("test", dataset="fashion-mnist", subset=True)
 
 
-def _read_only(folder, monkeypatch):
-    folder.mkdir()
-    folder.chmod(0o555)
-    if os.geteuid() == 0:  # root writes anywhere: make the write fail as it would for a user
-        real = tempfile.TemporaryFile
-
-        def refuse(*args, dir=None, **kwargs):
-            if Path(dir) == folder:
-                raise PermissionError(13, "Permission denied", str(folder))
-            return real(*args, dir=dir, **kwargs)
-
-        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
-
-
-def test_empty_read_only_folder_offline_falls_back(mirrors, tmp_path, monkeypatch):
-    folder = tmp_path / "ro"
-    _read_only(folder, monkeypatch)
+def test_empty_read_only_folder_offline_falls_back(mirrors, tmp_path, read_only):
+    folder = read_only(tmp_path / "ro")
     mirrors("unreachable")
     with pytest.warns(UserWarning, match="which is read-only, and no mirror can be reached"):
         x, _ = data.load_mnist("test", root=folder)
