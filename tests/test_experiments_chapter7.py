@@ -216,3 +216,41 @@ def test_prefilled_runs_are_the_notebooks_cache_hits(tmp_path, monkeypatch):
     both = figure3(4, seeds=(0, 1), configs=["bn"], **tiny)["bn"]
     assert sorted(p.name for p in tmp_path.iterdir()) == files  # nothing trained again
     assert both["acc"].shape == (2, 2)
+
+
+def test_quiet_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch):
+    """Chapters 5 and 7 prefill with ``progress=False`` (and one network per worker);
+    their own calls, with progress bars and both networks, must only load."""
+    import importlib
+
+    from bnutils.experiments.parallel import prefill
+
+    figure1 = importlib.import_module("bnutils.experiments.figure1")  # the module
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    deep = {"depth": 2, "width": 8, "n_probe": 20, "n_val": 50, "n_test": 50}
+    rates = {"none": 0.1, "bn": 0.5}
+    reg = {"n_train": 60, "hidden": (8,), "batch_size": 12, "evals": 1, "n_val": 50,
+           "n_test": 50}
+    fig1 = {"steps": 2, "n_val": 50, "n_test": 50, "log_every": 1, "pct_examples": 20}
+    quiet = {"progress": False}
+    calls = [(deep_mlp.tune_lr, (2, norm, (0.1, 1.0), 0.5), {**deep, **quiet})
+             for norm in (False, True)]
+    calls += [(deep_mlp.trainability, (2, (0.1, 1.0), (0,), rates),
+               {"nets": (net,), **deep, **quiet}) for net in rates]
+    calls += [(regularization.tune_lr, (2, norm, (0.1, 1.0)), {**reg, **quiet})
+              for norm in (False, True)]
+    calls += [(regularization.regularization, (2, (0,), rates),
+               {"virtual_batches": (6,), "nets": (net,), **reg, **quiet}) for net in rates]
+    calls += [(figure1.figure1_runs, ((0.1,), (0.05,), (0,)), {**fig1, **quiet})]
+    prefill(calls, workers=1)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 * len(calls)  # one .json and one .npz per run
+    for norm in (False, True):
+        deep_mlp.tune_lr(2, norm, (0.1, 1.0), 0.5, **deep)
+        regularization.tune_lr(2, norm, (0.1, 1.0), **reg)
+    assert list(deep_mlp.trainability(2, (0.1, 1.0), (0,), rates, **deep)) == ["none", "bn"]
+    out = regularization.regularization(2, (0,), rates, virtual_batches=(6,), **reg)
+    assert list(out) == ["none", "none_dropout", "bn", "bn_dropout", "ghost_6"]
+    figure1.figure1_runs((0.1,), (0.05,), (0,), **fig1)
+    # a run trained again, under another key, would have written new files
+    assert sorted(p.name for p in tmp_path.iterdir()) == files

@@ -265,8 +265,8 @@ def test_the_choice_never_sees_the_test_set(runs, monkeypatch, results_dir):
         x, y = real(split, inputs, device)
         if split == "test":
             g = torch.Generator().manual_seed(1)
-            x = torch.randn(x.shape, generator=g)
-            y = torch.randint(0, 10, y.shape, generator=g)
+            x = torch.randn(x.shape, generator=g).to(device)
+            y = torch.randint(0, 10, y.shape, generator=g).to(device)
         return x, y
 
     monkeypatch.setattr(f1, "_tensors", noisy_test)

@@ -6,7 +6,15 @@ import torch
 from torch import nn
 
 from bnutils.experiments import figure3
-from bnutils.experiments.figure3 import CHANGES, CONFIGS, config_settings, run_cnn, settings, table
+from bnutils.experiments.figure3 import (
+    CHANGES,
+    CONFIGS,
+    config_settings,
+    run_cnn,
+    settings,
+    stack,
+    table,
+)
 from bnutils.models import small_cnn
 
 TINY = {"steps": 6, "evals": 2, "n_val": 200, "n_test": 200, "n_probe": 100, "progress": False}
@@ -186,3 +194,18 @@ def test_clearly_above_needs_the_ranges_apart():
     assert clearly_above([0.9, 0.91, 0.92], [0.8, 0.81, 0.79])
     assert not clearly_above([0.8, 0.81, 0.79], [0.9, 0.91, 0.92])
     assert not clearly_above([0.85, 0.95, 0.9], [0.86, 0.82, 0.84])  # ranges overlap
+
+
+def test_a_run_that_diverges_before_its_first_evaluation_stacks_with_the_others(
+        tmp_path, monkeypatch):
+    """Chapter 7's grid evaluates only at the end (no evaluation at step 0): a seed that
+    diverges at once has no evaluation at all, and must still stack with the others."""
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    options = {**TINY, "evals": 1, "eval_start": False}
+    gone = run_cnn(seed=0, lr=1e6, **options)
+    assert gone["diverged"] and len(gone["step"]) == 0
+    assert gone["dead"].shape == gone["saturated"].shape == (0, 3)
+    fine = run_cnn(seed=0, **options)
+    both = stack([fine, gone])
+    assert both["dead"].shape == (2, 1, 3) and np.isnan(both["dead"][1]).all()
+    assert both["acc"].shape == (2, 1) and np.isnan(both["acc"][1, 0])

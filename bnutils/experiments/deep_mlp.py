@@ -100,36 +100,39 @@ def run_scales(steps, norm, scales, seeds, lr, depth=DEPTH, width=WIDTH,
     return result
 
 
-def tune_lr(steps, norm, rates, scale, seeds=(0,), **options):
+def tune_lr(steps, norm, rates, scale, seeds=(0,), progress=True, **options):
     """Validation accuracy of nets started at ``scale`` for every learning rate in
     ``rates`` (cached): ``{"lr": (rates,), "val_acc": (rates, seeds)}``."""
     def run(**c):
         r = run_scales(c["steps"], c["norm"], [c["scale"]] * len(c["rates"]), c["seeds"],
-                       lr=c["rates"], evals=1, progress=options.get("progress", True),
+                       lr=c["rates"], evals=1, progress=progress,
                        **{k: c[k] for k in c if k not in ("steps", "norm", "scale", "seeds",
                                                           "rates")})
         return {"lr": np.array(c["rates"]), "val_acc": r["val_acc"]}
 
     config = {"steps": steps, "norm": norm, "rates": list(map(float, rates)),
-              "scale": float(scale), "seeds": list(seeds),
-              **{k: v for k, v in options.items() if k != "progress"}}
+              "scale": float(scale), "seeds": list(seeds), **options}
     return train_or_load("deep-mlp-lr", config, run, verbose=False)
 
 
-def trainability(steps, scales, seeds, lr, detail=(), **options):
+NETS = {"none": False, "bn": True}
+
+
+def trainability(steps, scales, seeds, lr, detail=(), nets=tuple(NETS), progress=True,
+                 **options):
     """``run_scales`` without and with BN (cached): ``{"none": ..., "bn": ...}``.
 
-    ``lr``: ``{"none": rate, "bn": rate}``, each network's tuned rate.
+    ``lr``: ``{"none": rate, "bn": rate}``, each network's tuned rate. ``nets``: only
+    these of the two (e.g. one per worker process, ``parallel.prefill``).
     """
     out = {}
-    for name, norm in (("none", False), ("bn", True)):
-        config = {"steps": steps, "norm": norm, "scales": list(map(float, scales)),
+    for name in nets:
+        config = {"steps": steps, "norm": NETS[name], "scales": list(map(float, scales)),
                   "seeds": list(seeds), "lr": float(lr[name]), "detail": list(detail),
-                  **{k: v for k, v in options.items() if k != "progress"}}
-        out[name] = train_or_load(
-            f"deep-mlp-{name}", config,
-            lambda **c: run_scales(**c, progress=options.get("progress", True)),
-            verbose=False)
+                  **options}
+        out[name] = train_or_load(f"deep-mlp-{name}", config,
+                                  lambda **c: run_scales(**c, progress=progress),
+                                  verbose=False)
     return out
 
 

@@ -239,6 +239,7 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
         if step % log_every == 0 or step == steps:
             evaluate(step)
     step = np.array([s for s, *_ in logs], dtype=int)
+    n_layers = sum(isinstance(m, (nn.ReLU, nn.Sigmoid, nn.Tanh)) for m in model)
     losses = np.array(losses)
     edges = step if eval_start else np.concatenate([[0], step])
     window = [losses[a:b].mean() for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -248,8 +249,9 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
         "val_acc": np.array([v for _, _, v, *_ in logs]),
         # at step 0: the loss of the first, untrained batch
         "loss": np.array([losses[0], *window] if eval_start else window),
-        "dead": np.array([d for *_, d, _ in logs]),
-        "saturated": np.array([s for *_, s in logs]),
+        # (evaluations, layers), also when a run diverged before its first evaluation
+        "dead": np.array([d for *_, d, _ in logs], dtype=float).reshape(len(logs), n_layers),
+        "saturated": np.array([s for *_, s in logs], dtype=float).reshape(len(logs), n_layers),
         "diverged": diverged,
         "diverged_step": len(losses) if diverged else -1,
         "seconds": time.perf_counter() - start,

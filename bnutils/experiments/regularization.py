@@ -147,27 +147,29 @@ def run_nets(steps, norm, nets, seeds, n_train=5000, hidden=(100, 100, 100), lr=
     }
 
 
-def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, **options):
+def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, nets=("none", "bn"),
+                   progress=True, **options):
     """{no BN, BN} x {no dropout, ``dropout``}, and BN with each ghost batch size of
     ``virtual_batches`` (no dropout), every one with every seed (cached).
 
     ``lr``: ``{"none": rate, "bn": rate}``. Returns ``{name: {train_acc, val_acc, acc,
     gap, train_curve, val_curve, step}}`` with ``name`` in ``"none"``,
     ``"none_dropout"``, ``"bn"``, ``"bn_dropout"``, ``"ghost_<size>"``; ``gap`` is
-    train minus test accuracy, per seed.
+    train minus test accuracy, per seed. ``nets``: only the variants of these
+    networks (e.g. one per worker process, ``parallel.prefill``).
     """
     variants = {"none": [((0.0, None), "none"), ((dropout, None), "none_dropout")],
                 "bn": [((0.0, None), "bn"), ((dropout, None), "bn_dropout")]
                 + [((0.0, int(v)), f"ghost_{v}") for v in virtual_batches]}
     out = {}
-    for net, norm in (("none", False), ("bn", True)):
-        config = {"steps": steps, "norm": norm, "nets": [list(v) for v, _ in variants[net]],
-                  "seeds": list(seeds), "lr": float(lr[net]),
-                  **{k: v for k, v in options.items() if k != "progress"}}
+    for net in nets:
+        config = {"steps": steps, "norm": net == "bn",
+                  "nets": [list(v) for v, _ in variants[net]], "seeds": list(seeds),
+                  "lr": float(lr[net]), **options}
         r = train_or_load(
             f"regularization-{net}", config,
             lambda **c: run_nets(**{**c, "nets": [tuple(v) for v in c["nets"]]},
-                                 progress=options.get("progress", True)),
+                                 progress=progress),
             verbose=False)
         for i, (_, name) in enumerate(variants[net]):
             out[name] = {k: r[k][..., i, :] if r[k].ndim == 3 else r[k][i]
@@ -177,16 +179,16 @@ def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, **options)
     return out
 
 
-def tune_lr(steps, norm, rates, seed=0, **options):
+def tune_lr(steps, norm, rates, seed=0, progress=True, **options):
     """Final validation accuracy of the plain net (no dropout) at each rate of
     ``rates``, one seed (cached): ``{"lr": (rates,), "val_acc": (rates,)}``."""
     def run(**c):
         r = run_nets(c["steps"], c["norm"], [(0.0, None)] * len(c["rates"]), [c["seed"]],
-                     lr=c["rates"], progress=options.get("progress", True),
+                     lr=c["rates"], progress=progress,
                      **{k: c[k] for k in c if k not in ("steps", "norm", "rates", "seed")})
         return {"lr": np.array(c["rates"]), "val_acc": r["val_acc"][:, 0]}
 
     config = {"steps": steps, "norm": norm, "rates": list(map(float, rates)), "seed": seed,
-              **{k: v for k, v in options.items() if k != "progress"}}
+              **options}
     return train_or_load("regularization-lr", config, run, verbose=False)
 
