@@ -254,3 +254,12 @@ def test_quiet_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch
     figure1.figure1_runs((0.1,), (0.05,), (0,), **fig1)
     # a run trained again, under another key, would have written new files
     assert sorted(p.name for p in tmp_path.iterdir()) == files
+
+
+def test_one_worker_per_core_at_most_max_workers(monkeypatch):
+    from bnutils.experiments import parallel
+
+    for cores, workers in ((1, 1), (2, 2), (6, 6), (64, parallel.MAX_WORKERS)):
+        monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid, n=cores: range(n),
+                            raising=False)
+        assert parallel.workers_default() == workers

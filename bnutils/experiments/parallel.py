@@ -25,13 +25,17 @@ def _call(fn, args, kwargs):
     fn(*args, **kwargs)
 
 
+MAX_WORKERS = 8  # each holds its data set and a stack of networks: ~0.5-1 GB of memory
+
+
 def workers_default():
-    """One worker per CPU core this process may use, at most 2 (the book's target)."""
+    """One worker per CPU core this process may use, at most ``MAX_WORKERS``. A run's
+    result does not depend on it: each run trains in one process on one thread."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(2, cores))
+    return max(1, min(MAX_WORKERS, cores))
 
 
 def prefill(calls, workers=None):
