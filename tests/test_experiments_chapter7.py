@@ -1,5 +1,7 @@
 """Chapter 7's experiments: the regularization MLP, the deep MLP and learning rates."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -200,6 +202,28 @@ def test_prefill_runs_every_call_in_workers_and_in_process(tmp_path):
         prefill([], workers=0)
 
 
+def _pid_and_mark(path):
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()} {os.environ.get('BNBOOK_TEST_MARK')}")
+
+
+def test_prefill_keeps_its_workers_and_gives_them_the_callers_environment(
+        tmp_path, monkeypatch):
+    from bnutils.experiments import parallel
+
+    for mark in ("a", "b"):  # the second call reuses the workers of the first
+        monkeypatch.setenv("BNBOOK_TEST_MARK", mark)
+        parallel.prefill([(_pid_and_mark, (tmp_path / f"{mark}{i}",), {})
+                          for i in range(4)], workers=2)
+    pool = parallel._POOLS[2]
+    seen = {p.name: p.read_text().split() for p in tmp_path.iterdir()}
+    assert len(seen) == 8
+    assert all(mark == name[0] for name, (_, mark) in seen.items())
+    assert {int(pid) for pid, _ in seen.values()} <= set(pool._processes)
+    parallel.shutdown()
+    assert parallel._POOLS == {} and pool._processes is None
+
+
 def test_prefilled_runs_are_the_notebooks_cache_hits(tmp_path, monkeypatch):
     """Workers store each run under the key the notebook's own call looks up."""
     from bnutils.experiments.figure3 import figure3
@@ -240,7 +264,8 @@ def test_quiet_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch
     calls += [(regularization.tune_lr, (2, norm, (0.1, 1.0)), {**reg, **quiet})
               for norm in (False, True)]
     calls += [(regularization.regularization, (2, (0,), rates),
-               {"virtual_batches": (6,), "nets": (net,), **reg, **quiet}) for net in rates]
+               {"virtual_batches": (6,), "nets": (net,), **reg, **quiet})
+              for net in regularization.STACKS]
     calls += [(figure1.figure1_runs, ((0.1,), (0.05,), (0,)), {**fig1, **quiet})]
     prefill(calls, workers=1)
     files = sorted(p.name for p in tmp_path.iterdir())

@@ -6,13 +6,16 @@ run each, get through a list of runs faster than one process with two threads.
 ``prefill`` runs the cached experiment calls it is given in such worker processes;
 each call stores its result in the cache (``bnutils.cache.train_or_load``), under the
 same key as when the notebook makes it, so the notebook's own calls afterwards only
-load. Nothing about a result depends on how the cache was filled, except the float32
+load. The workers stay up for the next ``prefill`` until the process ends (or
+``shutdown()``). Nothing about a result depends on how the cache was filled, except the float32
 rounding of one thread against two.
 """
 
+import atexit
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 
 def _single_thread():
@@ -21,11 +24,15 @@ def _single_thread():
     torch.set_num_threads(1)
 
 
-def _call(fn, args, kwargs):
+def _call(fn, args, kwargs, environ):
+    # a worker outlives the call that started it: take the caller's environment now
+    # (where results are cached, the run mode, the data's location)
+    os.environ.clear()
+    os.environ.update(environ)
     fn(*args, **kwargs)
 
 
-MAX_WORKERS = 8  # each holds its data set and a stack of networks: ~0.5-1 GB of memory
+MAX_WORKERS = 8  # each holds its data sets and a stack of networks: ~0.5-1 GB of memory
 
 
 def workers_default():
@@ -53,8 +60,34 @@ def prefill(calls, workers=None):
         for fn, args, kwargs in calls:
             fn(*args, **kwargs)
         return len(calls)
-    context = multiprocessing.get_context("spawn")  # fork is unsafe once torch runs
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_thread) as pool:
-        for future in [pool.submit(_call, fn, args, kwargs) for fn, args, kwargs in calls]:
+    pool = _pool(workers)
+    try:
+        environ = dict(os.environ)
+        futures = [pool.submit(_call, fn, args, kwargs, environ) for fn, args, kwargs in calls]
+        for future in futures:
             future.result()
+    except BrokenProcessPool:
+        shutdown()  # a worker died (e.g. out of memory): the next call starts afresh
+        raise
     return len(calls)
+
+
+# One pool per worker count, kept for the next call: starting a worker (a new Python
+# process that imports torch and loads its data set) takes seconds, and a chapter
+# calls prefill a dozen times.
+_POOLS = {}
+
+
+def _pool(workers):
+    if workers not in _POOLS:
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch runs
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context,
+                                              initializer=_single_thread)
+    return _POOLS[workers]
+
+
+@atexit.register
+def shutdown():
+    """Stop the worker processes that ``prefill`` keeps between calls."""
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown(cancel_futures=True)

@@ -147,25 +147,33 @@ def run_nets(steps, norm, nets, seeds, n_train=5000, hidden=(100, 100, 100), lr=
     }
 
 
-def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, nets=("none", "bn"),
+# the cached stacks of ``regularization``: "ghost" holds BN's ghost-batch runs, kept
+# apart from "bn" so that two worker processes get about the same work
+STACKS = ("none", "bn", "ghost")
+
+
+def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, nets=STACKS,
                    progress=True, **options):
     """{no BN, BN} x {no dropout, ``dropout``}, and BN with each ghost batch size of
     ``virtual_batches`` (no dropout), every one with every seed (cached).
 
-    ``lr``: ``{"none": rate, "bn": rate}``. Returns ``{name: {train_acc, val_acc, acc,
-    gap, train_curve, val_curve, step}}`` with ``name`` in ``"none"``,
-    ``"none_dropout"``, ``"bn"``, ``"bn_dropout"``, ``"ghost_<size>"``; ``gap`` is
-    train minus test accuracy, per seed. ``nets``: only the variants of these
-    networks (e.g. one per worker process, ``parallel.prefill``).
+    ``lr``: ``{"none": rate, "bn": rate}`` (the ghost runs take BN's). Returns ``{name:
+    {train_acc, val_acc, acc, gap, train_curve, val_curve, step}}`` with ``name`` in
+    ``"none"``, ``"none_dropout"``, ``"bn"``, ``"bn_dropout"``, ``"ghost_<size>"``;
+    ``gap`` is train minus test accuracy, per seed. ``nets``: only the runs of these
+    stacks of ``STACKS`` (e.g. one per worker process, ``parallel.prefill``).
     """
     variants = {"none": [((0.0, None), "none"), ((dropout, None), "none_dropout")],
-                "bn": [((0.0, None), "bn"), ((dropout, None), "bn_dropout")]
-                + [((0.0, int(v)), f"ghost_{v}") for v in virtual_batches]}
+                "bn": [((0.0, None), "bn"), ((dropout, None), "bn_dropout")],
+                "ghost": [((0.0, int(v)), f"ghost_{v}") for v in virtual_batches]}
     out = {}
     for net in nets:
-        config = {"steps": steps, "norm": net == "bn",
+        if not variants[net]:
+            continue
+        norm = net != "none"
+        config = {"steps": steps, "norm": norm,
                   "nets": [list(v) for v, _ in variants[net]], "seeds": list(seeds),
-                  "lr": float(lr[net]), **options}
+                  "lr": float(lr["bn" if norm else "none"]), **options}
         r = train_or_load(
             f"regularization-{net}", config,
             lambda **c: run_nets(**{**c, "nets": [tuple(v) for v in c["nets"]]},
