@@ -209,3 +209,18 @@ def test_a_run_that_diverges_before_its_first_evaluation_stacks_with_the_others(
     both = stack([fine, gone])
     assert both["dead"].shape == (2, 1, 3) and np.isnan(both["dead"][1]).all()
     assert both["acc"].shape == (2, 1) and np.isnan(both["acc"][1, 0])
+
+
+def test_a_run_that_diverges_inside_its_trace_stacks_with_the_others():
+    """The trace ends where a run diverges: chapter 6's ``baseline_x5`` can diverge in
+    its first ``trace`` steps, and its trace must still stack with the other seeds'."""
+    options = {**TINY, "evals": 1, "trace": 3}
+    fine = run_cnn(seed=0, **options)
+    gone = run_cnn(seed=0, lr=1e6, **options)
+    assert gone["diverged"] and len(gone["trace"]["loss"]) < 3
+    both = stack([fine, gone])
+    short = len(gone["trace"]["loss"])
+    assert both["trace"]["loss"].shape == (2, 3)
+    assert both["trace"]["dead"].shape == (2, 3, 3)
+    np.testing.assert_array_equal(both["trace"]["loss"][0], fine["trace"]["loss"])
+    assert np.isnan(both["trace"]["loss"][1, short:]).all()

@@ -300,8 +300,9 @@ def stack(runs):
             continue
         if isinstance(value, np.ndarray):
             out[key] = np.stack([_pad(r[key], len(longest[key])) for r in runs])
-        elif isinstance(value, dict):
-            out[key] = {k: np.stack([r[key][k] for r in runs]) for k in value}
+        elif isinstance(value, dict):  # the trace: a run that diverged stopped early
+            out[key] = {k: np.stack([_pad(r[key][k], max(len(q[key][k]) for q in runs))
+                                     for r in runs]) for k in value}
         else:
             out[key] = [r[key] for r in runs]
     return out
