@@ -194,6 +194,9 @@ def test_grid_shapes(runs):
         assert runs[f"pct_{net}"].shape == (2, 1, 2, n, 4, 3)
         assert runs[f"diverged_{net}"].shape == (2, 1, 2) and not runs[f"diverged_{net}"].any()
         assert np.isnan(runs[f"loss_{net}"][..., 0]).all()
+        # validation accuracy at the end only: the choices need no more
+        assert np.isnan(runs[f"val_{net}"][..., :-1]).all()
+        assert np.isfinite(runs[f"val_{net}"][..., -1]).all()
     assert runs["gamma_bn"].shape == (2, 1, 2, n, 4)
     np.testing.assert_array_equal(runs["gamma_bn"][..., 0, :], 1.0)  # step 0: untrained
 

@@ -110,7 +110,8 @@ def figure1_runs(lrs, init_stds=(0.05,), seeds=(0,), steps=50_000, inputs="stand
     - ``step: (n,)``: 0, then every ``log_every`` steps and the last;
     - ``lr (L,)``, ``init_std (S,)``, ``seed (R,)``: the grid;
     - for ``net`` in ``baseline``, ``bn``: ``acc_<net>: (L, S, R, n)`` test accuracy;
-      ``val_<net>: (L, S, R, n)`` validation accuracy (with ``n_val > 0``);
+      ``val_<net>: (L, S, R, n)`` validation accuracy (with ``n_val > 0``), measured at
+      the last log only (NaN before: choices are made at the end, and it saves time);
       ``loss_<net>: (L, S, R, n)``, the mean training loss since the previous log (NaN
       at step 0); ``pct_<net>: (L, S, R, n, units, 3)``, the sigmoid-input percentiles;
       ``diverged_<net>: (L, S, R)``, a non-finite loss froze the network;
@@ -306,7 +307,7 @@ def _runs(lrs, init_stds, seeds, steps, inputs, n_val, batch_size, log_every, un
     out, seconds = {}, {}
     for net in NETS:
         model = StackedMLP(len(grid), norm=net == "bn", init_std=std_k, seeds=seed_k).to(dev)
-        probe = Probe(test_set, val_set, x_pct, units)
+        probe = Probe(test_set, val_set, x_pct, units, last=steps)
         start = time.perf_counter()
         first = {key: _numpy(v) for key, v in probe(0, model).items()}
         logs = train_stacked(model, *train_set, steps, lr_k, batch_size=batch_size,
@@ -340,17 +341,21 @@ class Probe:
     """``callback`` for ``train_stacked``: what Figure 1 plots, for every net of a stack.
 
     ``test``, ``val``: ``(x, y)`` pairs (``val`` may be None); ``x_pct``: the images
-    whose sigmoid inputs are summarised. Returns a dict of tensors with the nets first:
-    ``acc (k,)``, ``val (k,)`` and what ``sigmoid_inputs`` returns.
+    whose sigmoid inputs are summarised; ``last``: the step at which the validation
+    accuracy is measured (NaN at the others). Returns a dict of tensors with the nets
+    first: ``acc (k,)``, ``val (k,)`` and what ``sigmoid_inputs`` returns.
     """
 
-    def __init__(self, test, val, x_pct, units):
+    def __init__(self, test, val, x_pct, units, last=None):
         self.test, self.val, self.x_pct, self.units = test, val, x_pct, units
+        self.last = last
 
     def __call__(self, step, model):
         out = {"acc": stacked_accuracy(model, *self.test)}
         if self.val is not None:
-            out["val"] = stacked_accuracy(model, *self.val)
+            out["val"] = (stacked_accuracy(model, *self.val)
+                          if self.last is None or step == self.last
+                          else np.full_like(out["acc"], np.nan))
         out.update(sigmoid_inputs(model, self.x_pct, self.units))
         return out
 

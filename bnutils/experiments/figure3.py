@@ -46,7 +46,7 @@ CHANGES = ("rate", "decay", "dropout", "weight_decay")
 # Chapter 6's runs, full and quick. Chapter 7 trains on the same protocol, so the runs
 # the two chapters share (same settings, steps, seeds and options) come from the cache.
 PROTOCOL = {
-    "full": {"steps": 500, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
+    "full": {"steps": 400, "seeds": (0, 1, 2), "dataset": "fashion-mnist",
              "options": {"evals": 5, "trace": 100}},
     "quick": {"steps": 30, "seeds": (0, 1), "dataset": "fashion-mnist",
               "options": {"evals": 1, "trace": 10, "n_val": 200, "n_test": 500,
