@@ -224,6 +224,29 @@ def test_prefill_keeps_its_workers_and_gives_them_the_callers_environment(
     assert parallel._POOLS == {} and pool._processes is None
 
 
+def _slow_touch(path):
+    import time
+
+    time.sleep(0.2)
+    _touch(path, "")
+
+
+def test_a_failed_call_cancels_the_calls_not_started(tmp_path):
+    """The workers outlive a failed prefill: the calls queued behind the failure must
+    not keep them busy (or fill the cache) after the error reached the notebook."""
+    import time
+
+    from bnutils.experiments import parallel
+
+    calls = [(_fail, (), {})] + [(_slow_touch, (tmp_path / str(i),), {}) for i in range(20)]
+    with pytest.raises(RuntimeError, match="a run failed"):
+        parallel.prefill(calls, workers=2)
+    time.sleep(2.0)  # what was started has finished by now (20 calls would take 2 s)
+    assert len(list(tmp_path.iterdir())) < 10
+    assert parallel.prefill([(_touch, (tmp_path / "after", "ok"), {})] * 2, workers=2) == 2
+    assert (tmp_path / "after").read_text() == "ok"
+
+
 def test_prefilled_runs_are_the_notebooks_cache_hits(tmp_path, monkeypatch):
     """Workers store each run under the key the notebook's own call looks up."""
     from bnutils.experiments.figure3 import figure3

@@ -7,8 +7,8 @@ run each, get through a list of runs faster than one process with two threads.
 each call stores its result in the cache (``bnutils.cache.train_or_load``), under the
 same key as when the notebook makes it, so the notebook's own calls afterwards only
 load. The workers stay up for the next ``prefill`` until the process ends (or
-``shutdown()``). Nothing about a result depends on how the cache was filled, except the float32
-rounding of one thread against two.
+``shutdown()``). Nothing about a result depends on how the cache was filled, except
+the float32 rounding of one thread against two.
 """
 
 import atexit
@@ -60,14 +60,17 @@ def prefill(calls, workers=None):
         for fn, args, kwargs in calls:
             fn(*args, **kwargs)
         return len(calls)
+    environ = dict(os.environ)
     pool = _pool(workers)
+    futures = [pool.submit(_call, fn, args, kwargs, environ) for fn, args, kwargs in calls]
     try:
-        environ = dict(os.environ)
-        futures = [pool.submit(_call, fn, args, kwargs, environ) for fn, args, kwargs in calls]
         for future in futures:
             future.result()
-    except BrokenProcessPool:
-        shutdown()  # a worker died (e.g. out of memory): the next call starts afresh
+    except BaseException as error:  # a failed call, or an interrupted cell
+        for future in futures:
+            future.cancel()  # the calls not started yet; running ones finish
+        if isinstance(error, BrokenProcessPool):  # a worker died (e.g. out of memory)
+            shutdown()
         raise
     return len(calls)
 
