@@ -388,6 +388,13 @@ def gamma_beta(parts, labels):
     return fig
 
 
+def _cell_number(r):
+    """At most four characters, so that it fits a map's cell: 0.41, 7.4, 88, 384, 2e4."""
+    if r >= 1000:
+        return f"{r:.0e}".replace("e+0", "e")
+    return f"{r:.0f}" if r >= 10 else f"{r:.2g}"
+
+
 def drift_maps(maps, lrs, init_stds, ncols=2, factor=2.0):
     """Heat maps of the baseline-to-BN drift ratio over learning rate x initial scale.
 
@@ -410,7 +417,7 @@ def drift_maps(maps, lrs, init_stds, ncols=2, factor=2.0):
         with np.errstate(divide="ignore", invalid="ignore"):
             image = ax.imshow(np.log10(ratio), cmap="RdBu_r", norm=norm, aspect="auto")
         for (i, j), r in np.ndenumerate(ratio):
-            text = "–" if not np.isfinite(r) else (f"{r:.0f}" if r >= 10 else f"{r:.2g}")
+            text = "–" if not np.isfinite(r) else _cell_number(r)
             dark = np.isfinite(r) and r > 0 and abs(np.log10(r)) > 0.6 * span
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if dark else "black")

@@ -23,3 +23,12 @@ def test_seeds_become_mean_line_and_sd_band():
     sd = runs.std(1, ddof=1)
     assert np.isclose(ys.max(), (runs.mean(1) + sd).max())
     assert np.isclose(ys.min(), (runs.mean(1) - sd).min())
+
+
+def test_drift_map_cells_show_short_numbers():
+    """A ratio of tens of thousands must not spill over its neighbours' cells."""
+    ratio = np.array([[56369.0, 0.41, np.nan], [88.0, 7.4, 1222.0]])  # (scales, rates)
+    fig = plot.drift_maps({"map": ratio}, [0.1, 1.0, 4.0], [0.01, 0.05])
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["6e4", "0.41", "–", "88", "7.4", "1e3"]
+    assert max(map(len, texts)) <= 4
