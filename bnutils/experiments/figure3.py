@@ -301,11 +301,16 @@ def stack(runs):
         if isinstance(value, np.ndarray):
             out[key] = np.stack([_pad(r[key], len(longest[key])) for r in runs])
         elif isinstance(value, dict):  # the trace: a run that diverged stopped early
-            out[key] = {k: np.stack([_pad(r[key][k], max(len(q[key][k]) for q in runs))
-                                     for r in runs]) for k in value}
+            out[key] = {k: _pad_stack([r[key][k] for r in runs]) for k in value}
         else:
             out[key] = [r[key] for r in runs]
     return out
+
+
+def _pad_stack(arrays):
+    """Stack arrays of different lengths, the shorter ones padded with NaN."""
+    n = max(len(a) for a in arrays)
+    return np.stack([_pad(a, n) for a in arrays])
 
 
 def _pad(a, n):
