@@ -462,30 +462,30 @@ FIGURE3_STYLES = {
 
 
 def figure3_curves(results, reference="baseline", zoom=0.1):
-    """Test accuracy against training steps, ReLU networks left, sigmoid networks right.
+    """Test accuracy against training steps: ReLU networks, the same enlarged, sigmoid
+    networks.
 
     ``results``: what ``bnutils.experiments.figure3`` returns (``acc`` of one seed
     ``(n,)`` or several ``(n_seeds, n)``). The line is the mean over seeds, the band
     the range from the lowest to the highest seed; a cross marks where a run diverged
     (and was stopped). The dotted grey line is the best mean accuracy of
-    ``reference``. An inset on the left enlarges the top ``zoom`` of the accuracy axis
-    (below the best of all runs), where the trained ReLU networks differ.
+    ``reference``. The middle panel enlarges the top ``zoom`` of the ReLU panel's
+    accuracy axis (below the best of all runs), where the trained ReLU networks differ;
+    it is a panel of its own, not an inset, so that it hides no curve.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), width_ratios=(1, 0.8, 1))
+    relu, enlarged, sigmoid = axes
 
     def mean(r):
         return np.nanmean(np.atleast_2d(r["acc"]), axis=0)
 
     target = np.nanmax(mean(results[reference]))
     top = max(np.nanmax(mean(r)) for r in results.values())
-    inset = axes[0].inset_axes([0.4, 0.3, 0.57, 0.4])
     for name, r in results.items():
-        sigmoid = "sigmoid" in name
         color, style = FIGURE3_STYLES.get(name, (COLORS["grey"], "-"))
         acc = np.atleast_2d(r["acc"])
         lr = np.atleast_1d(r["lr"])[0]
-        targets = [axes[1]] if sigmoid else [axes[0], inset]
-        for ax in targets:
+        for ax in [sigmoid] if "sigmoid" in name else [relu, enlarged]:
             ax.plot(r["step"], mean(r), color=color, ls=style, label=f"{name} (lr {lr:g})")
             if len(acc) > 1:
                 ax.fill_between(r["step"], np.nanmin(acc, 0), np.nanmax(acc, 0), color=color,
@@ -494,14 +494,15 @@ def figure3_curves(results, reference="baseline", zoom=0.1):
                 if diverged:
                     last = np.flatnonzero(~np.isnan(seed_acc))[-1]
                     ax.plot(r["step"][last], seed_acc[last], "x", color=color, ms=9, mew=2)
-    for ax in (*axes, inset):
+    for ax in axes:
         ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label=f"best {reference}")
-    inset.set(ylim=(top - zoom, top + 0.01), xlim=(0, None))
-    inset.tick_params(labelsize=7)
-    for ax, title in zip(axes, ("ReLU networks", "sigmoid networks"), strict=True):
-        ax.set(title=title, xlabel="training step", ylim=(0, 1))
+        ax.set(xlabel="training step")
+    relu.set(title="ReLU networks", ylim=(0, 1), ylabel="test accuracy")
+    sigmoid.set(title="sigmoid networks", ylim=(0, 1))
+    enlarged.set(title=f"ReLU networks, the top {zoom:.0%}", ylim=(top - zoom, top + 0.01),
+                 xlim=(0, None))
+    for ax in (relu, sigmoid):
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
-    axes[0].set_ylabel("test accuracy")
     fig.tight_layout()
     return fig
 

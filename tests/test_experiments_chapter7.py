@@ -311,3 +311,36 @@ def test_one_worker_per_core_at_most_max_workers(monkeypatch):
         monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid, n=cores: range(n),
                             raising=False)
         assert parallel.workers_default() == workers
+
+
+def _sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+
+
+def test_workers_ignore_ctrl_c_and_an_interrupted_prefill_stops_them(tmp_path):
+    """Ctrl-C reaches the whole process group: the workers leave it to the caller
+    (no tracebacks from idle workers), and an interrupted prefill kills its workers
+    rather than wait for the runs in flight."""
+    import signal
+    import threading
+    import time
+
+    from bnutils.experiments import parallel
+
+    parallel.prefill([(_touch, (tmp_path / "start", ""), {})] * 2, workers=2)
+    processes = list(parallel._POOLS[2]._processes.values())
+    os.kill(processes[0].pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert processes[0].is_alive()
+
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        parallel.prefill([(_sleep, (60,), {})] * 2, workers=2)
+    assert time.monotonic() - started < 30  # the calls would sleep for 60 s
+    assert 2 not in parallel._POOLS
+    assert not any(p.is_alive() for p in processes)
+    assert parallel.prefill([(_touch, (tmp_path / "after", "ok"), {})] * 2, workers=2) == 2

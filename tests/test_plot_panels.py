@@ -32,3 +32,31 @@ def test_drift_map_cells_show_short_numbers():
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts == ["6e4", "0.41", "–", "88", "7.4", "1e3"]
     assert max(map(len, texts)) <= 4
+
+
+def _figure3_run(acc, lr=0.1, diverged=(False, False)):
+    return {"acc": np.array(acc), "step": np.array([0, 100, 200]), "lr": lr,
+            "diverged": np.array(diverged)}
+
+
+def test_figure3_enlargement_is_a_panel_that_hides_no_curve():
+    """The enlarged top of the ReLU panel sits beside it, not over its curves."""
+    results = {
+        "baseline": _figure3_run([[0.1, 0.6, 0.78], [0.1, 0.62, 0.8]]),
+        "bn_x30": _figure3_run([[0.1, 0.3, 0.5], [0.1, 0.35, 0.52]], lr=3.0),
+        "bn_x5_sigmoid": _figure3_run([[0.1, 0.5, 0.74], [0.1, 0.55, 0.75]], lr=0.5),
+    }
+    fig = plot.figure3_curves(results, zoom=0.1)
+    boxes = [ax.get_position() for ax in fig.axes]
+    assert len(boxes) == 3
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a.x1 <= b.x0 or b.x1 <= a.x0, "one panel overlaps another"
+    relu, enlarged, sigmoid = fig.axes
+    np.testing.assert_allclose(enlarged.get_ylim(), (0.79 - 0.1, 0.79 + 0.01))
+    curves = [line.get_label() for line in relu.get_lines() if "(lr" in line.get_label()]
+    assert curves == ["baseline (lr 0.1)", "bn_x30 (lr 3)"]
+    assert [line.get_label() for line in enlarged.get_lines()
+            if "(lr" in line.get_label()] == curves
+    assert [line.get_label() for line in sigmoid.get_lines()
+            if "(lr" in line.get_label()] == ["bn_x5_sigmoid (lr 0.5)"]

@@ -14,14 +14,18 @@ the float32 rounding of one thread against two.
 import atexit
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 
-def _single_thread():
+def _start_worker():
     import torch
 
     torch.set_num_threads(1)
+    # Ctrl-C (in a terminal, or Jupyter's interrupt and shutdown) reaches the whole
+    # process group; the interrupt is the caller's, which stops its workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _call(fn, args, kwargs, environ):
@@ -69,7 +73,9 @@ def prefill(calls, workers=None):
     except BaseException as error:  # a failed call, or an interrupted cell
         for future in futures:
             future.cancel()  # the calls not started yet; running ones finish
-        if isinstance(error, BrokenProcessPool):  # a worker died (e.g. out of memory)
+        if isinstance(error, KeyboardInterrupt):  # the running ones too
+            _terminate(workers)
+        elif isinstance(error, BrokenProcessPool):  # a worker died (e.g. out of memory)
             shutdown()
         raise
     return len(calls)
@@ -85,8 +91,20 @@ def _pool(workers):
     if workers not in _POOLS:
         context = multiprocessing.get_context("spawn")  # fork is unsafe once torch runs
         _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context,
-                                              initializer=_single_thread)
+                                              initializer=_start_worker)
     return _POOLS[workers]
+
+
+def _terminate(workers):
+    """Kill the pool of ``workers`` mid-call and forget it (an interrupted cell must not
+    wait minutes for the runs in flight)."""
+    pool = _POOLS.pop(workers)
+    processes = list((pool._processes or {}).values())
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 @atexit.register
