@@ -282,15 +282,19 @@ def batch_dependence(probs, eval_prob, batch_sizes, batch_acc, eval_acc):
     return fig
 
 
+def _momentum_name(label):
+    """``"0.1"`` -> ``"momentum 0.1"``; ``"None"`` (BN's cumulative average) says so."""
+    return "cumulative average (momentum None)" if label == "None" else f"momentum {label}"
+
+
 def statistics_over_training(steps, curves, errors):
     """Two panels against training steps, one line per estimate of the population
     statistics: (a) test error with it, (b) its relative distance to Algorithm 2's Var[x]."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.9))
     colors = ["#CC79A7", "#0072B2", "#009E73", "#E69F00", "#D55E00", "#56B4E9"]  # Okabe-Ito
     for (label, acc), color in zip(curves.items(), colors, strict=False):
-        style = ({"color": "black", "lw": 2, "ls": "--"} if label == "Algorithm 2"
-                 else {"color": color, "label": f"momentum {label}"})
-        style.setdefault("label", label)
+        style = ({"color": "black", "lw": 2, "ls": "--", "label": label}
+                 if label == "Algorithm 2" else {"color": color, "label": _momentum_name(label)})
         ax1.plot(steps, 100 * (1 - np.asarray(acc)), **style)
         if label in errors:
             ax2.plot(steps, errors[label], **style)
@@ -301,8 +305,9 @@ def statistics_over_training(steps, curves, errors):
     ax1.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax1.yaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
     ax1.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
-    ax1.legend(fontsize=8)
-    fig.tight_layout()
+    # below the panels: inside, it would cover the curves of the early steps
+    fig.legend(*ax1.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     return fig
 
 

@@ -60,3 +60,14 @@ def test_figure3_enlargement_is_a_panel_that_hides_no_curve():
             if "(lr" in line.get_label()] == curves
     assert [line.get_label() for line in sigmoid.get_lines()
             if "(lr" in line.get_label()] == ["bn_x5_sigmoid (lr 0.5)"]
+
+
+def test_statistics_over_training_names_the_cumulative_average():
+    curves = {"0.1": [0.9, 0.95], "None": [0.8, 0.9], "Algorithm 2": [0.9, 0.96]}
+    errors = {"0.1": [0.1, 0.05], "None": [0.3, 0.2]}
+    fig = plot.statistics_over_training([1, 2], curves, errors)
+    error_panel, distance_panel = fig.axes
+    labels = [line.get_label() for line in error_panel.get_lines()]
+    assert labels == ["momentum 0.1", "cumulative average (momentum None)", "Algorithm 2"]
+    np.testing.assert_allclose(error_panel.get_lines()[0].get_ydata(), [10.0, 5.0])
+    assert len(distance_panel.get_lines()) == 2  # Algorithm 2 is the reference there
