@@ -689,17 +689,27 @@ def layer_small_multiples(details, titles, colors):
 
 def saturation_over_training(panels, titles):
     """The share of saturated units per layer over training, one panel per entry of
-    ``panels`` (each ``(step (n,), saturated (n, layers))``); darker is deeper."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), sharey=True,
-                             squeeze=False)
+    ``panels`` (each ``(step (n,), saturated (n, layers))``); darker is deeper.
+
+    Each panel has its own vertical axis, from 0 to a little above its largest share
+    (at least 0.05): a network whose units barely saturate would otherwise show flat
+    lines at zero. A legend names the first and the last layer wherever the number of
+    layers changes from the panel before.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
+    layers_before = None
     for ax, (step, sat), title in zip(axes[0], panels, titles, strict=True):
         n = sat.shape[1]
-        for j in range(n):
-            ax.plot(step, sat[:, j], color=plt.cm.viridis(j / max(n - 1, 1)),
-                    label=f"layer {j + 1}")
-        ax.set(title=title, xlabel="step", ylim=(-0.02, 1.02))
+        lines = [ax.plot(step, sat[:, j], color=plt.cm.viridis(j / max(n - 1, 1)))[0]
+                 for j in range(n)]
+        top = max(0.05, 1.05 * float(np.nanmax(sat)))
+        ax.set(title=title, xlabel="step", ylim=(-0.02 * top, top))
+        if n != layers_before:
+            ends = [0, n - 1] if n > 1 else [0]
+            ax.legend([lines[j] for j in ends], [f"layer {j + 1}" for j in ends],
+                      fontsize=7, loc="best")
+        layers_before = n
     axes[0][0].set_ylabel("share of saturated values")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
 

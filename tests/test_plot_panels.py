@@ -71,3 +71,17 @@ def test_statistics_over_training_names_the_cumulative_average():
     assert labels == ["momentum 0.1", "cumulative average (momentum None)", "Algorithm 2"]
     np.testing.assert_allclose(error_panel.get_lines()[0].get_ydata(), [10.0, 5.0])
     assert len(distance_panel.get_lines()) == 2  # Algorithm 2 is the reference there
+
+
+def test_saturation_panels_scale_to_their_data_and_name_the_layers():
+    step = np.arange(3)
+    deep = np.tile(np.linspace(0.5, 1.0, 8), (3, 1))  # (steps, 8 layers)
+    barely = np.array([[0.0, 0.0, 0.0], [0.0, 0.01, 0.0], [0.0, 0.02, 0.03]])
+    fig = plot.saturation_over_training(
+        [(step, deep), (step, deep * 0.5), (step, barely)], ["a", "b", "c"])
+    a, b, c = fig.axes
+    assert a.get_ylim()[1] == np.float64(1.05)
+    assert c.get_ylim()[1] == 0.05  # a flat line at zero would hide 3%
+    assert [t.get_text() for t in a.get_legend().get_texts()] == ["layer 1", "layer 8"]
+    assert b.get_legend() is None  # the same layers as the panel before
+    assert [t.get_text() for t in c.get_legend().get_texts()] == ["layer 1", "layer 3"]
