@@ -83,3 +83,39 @@ def test_no_control_characters(path):
     for i, cell in enumerate(_cells(path)):
         bad = {hex(ord(ch)) for ch in "".join(cell["source"]) if ord(ch) < 32 and ch not in "\n\t"}
         assert not bad, f"{path.name}, cell {i}: control characters {sorted(bad)}"
+
+
+# Functions called for what they check or glue, whose return value a page need not show.
+_QUIET_CALLS = {"guard", "verdict", "glue_mean"}
+
+
+def _shown_call(source):
+    """The name of the function whose call ends the cell and whose result Jupyter
+    would display (no trailing ';'), if it is one of ``_QUIET_CALLS``."""
+    import ast
+
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:  # IPython magics: not our cells' style
+        return None
+    last = body[-1] if body else None
+    if not (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)):
+        return None
+    name = getattr(last.value.func, "id", None) or getattr(last.value.func, "attr", None)
+    return name if name in _QUIET_CALLS and not source.rstrip().endswith(";") else None
+
+
+def test_shown_call_detects_a_displayed_guard():
+    assert _shown_call("x = 1\nguard(x > 0, 'x is positive')") == "guard"
+    assert _shown_call("guard(\n    x > 0, 'x'\n);") is None
+    assert _shown_call("_ = verdict('k', True, 'a', 'b')") is None
+    assert _shown_call("print(1)") is None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_cell_shows_a_stray_check_result(path):
+    """A cell that ends with ``guard(...)`` would print a bare ``True`` on the page
+    (``verdict`` its chosen words): end it with ';'."""
+    shown = [(i, name) for i, cell in enumerate(_cells(path))
+             if cell["cell_type"] == "code" and (name := _shown_call("".join(cell["source"])))]
+    assert shown == [], f"{path.name}: cells (index, call) whose result would be shown"
