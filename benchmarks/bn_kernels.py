@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from bnutils.bn import batchnorm_backward, batchnorm_backward_staged, batchnorm_forward
 from bnutils.layers import BatchNormFunction
-from bnutils.timing import interleaved_times, ratio
+from bnutils.timing import compared, interleaved_times
 
 FULL_SHAPES = [(256, 1024), (64, 64, 28, 28)]
 QUICK_SHAPES = [(64, 128), (8, 16, 14, 14)]
@@ -55,7 +55,7 @@ def torch_kernels(shape, dtype, seed=0):
 
 
 def compare(shapes, dtype="float32", repeats=20, inner=1):
-    """One row per (shape, comparison): times in ms (min, median) and the speed ratio."""
+    """One row per (shape, comparison): the times of both kernels (seconds, per repeat)."""
     rows = []
     for shape in shapes:
         for label, make, slow, fast in (
@@ -65,10 +65,8 @@ def compare(shapes, dtype="float32", repeats=20, inner=1):
             kind = np.dtype(dtype) if make is numpy_kernels else getattr(torch, dtype)
             fns, err = make(shape, kind)
             t = interleaved_times(fns, repeats=repeats, inner=inner)
-            rows.append({"shape": shape, "comparison": label, "slow": slow, "fast": fast,
-                         "slow_ms": (1e3 * t[slow].min(), 1e3 * np.median(t[slow])),
-                         "fast_ms": (1e3 * t[fast].min(), 1e3 * np.median(t[fast])),
-                         "ratio": ratio(t[slow], t[fast]), "max_rel_diff": err})
+            rows.append({"shape": shape, "comparison": label,
+                         "times": {slow: t[slow], fast: t[fast]}, "max_rel_diff": err})
     return rows
 
 
@@ -88,11 +86,7 @@ def main():
           f"torch {torch.__version__}, numpy {np.__version__}")
     print("ratio = time of the first / time of the second (min and median over repeats)")
     for row in compare(shapes, args.dtype, repeats, inner):
-        r = row["ratio"]
-        print(f"{str(row['shape']):17s} {row['comparison']:42s} "
-              f"{row['slow']} {row['slow_ms'][0]:8.3f} ms (med {row['slow_ms'][1]:8.3f}) | "
-              f"{row['fast']} {row['fast_ms'][0]:8.3f} ms (med {row['fast_ms'][1]:8.3f}) | "
-              f"ratio min {r['min']:5.2f}x median {r['median']:5.2f}x | "
+        print(f"{str(row['shape']):17s} {row['comparison']:42s} {compared(row['times'])} | "
               f"max rel diff {row['max_rel_diff']:.1e}")
 
 

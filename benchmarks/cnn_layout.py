@@ -11,12 +11,11 @@ channels-last, all measured in this run. Usage: ``python benchmarks/cnn_layout.p
 
 import argparse
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
 from bnutils.models import small_cnn
-from bnutils.timing import interleaved_times, ratio
+from bnutils.timing import compared, interleaved_times
 
 NETS = {"ReLU": (None, "relu"), "BN": ("bn", "relu"), "BN, sigmoid": ("bn", "sigmoid")}
 
@@ -48,11 +47,7 @@ def eval_fn(norm, activation, layout, x):
 
 
 def report(name, times):
-    (a, ta), (b, tb) = times.items()
-    r = ratio(ta, tb)
-    print(f"{name:<24} {a} {ta.min() * 1e3:7.2f} ms (med {np.median(ta) * 1e3:7.2f}) | "
-          f"{b} {tb.min() * 1e3:7.2f} ms (med {np.median(tb) * 1e3:7.2f}) | ratio min "
-          f"{r['min']:.2f}x median {r['median']:.2f}x")
+    print(f"{name:<24} {compared(times)}")
 
 
 def main():

@@ -7,12 +7,11 @@ their ratio, all measured in this run. Usage: ``python benchmarks/fold.py [--qui
 
 import argparse
 
-import numpy as np
 import torch
 from torch import nn
 
 from bnutils import layers
-from bnutils.timing import interleaved_times, ratio
+from bnutils.timing import compared, interleaved_times
 
 
 def small_cnn(bn):
@@ -54,11 +53,8 @@ def main():
         with torch.inference_mode():  # interleaved, so both see the same machine load
             t = interleaved_times({"plain": lambda m=model: m(x), "folded": lambda m=folded: m(x)},
                                   repeats=repeats, inner=inner)
-        r = ratio(t["plain"], t["folded"])
-        print(f"{name:27s} unfolded min {t['plain'].min() * 1e3:7.2f} ms median "
-              f"{np.median(t['plain']) * 1e3:7.2f} ms | folded min {t['folded'].min() * 1e3:7.2f} "
-              f"ms median {np.median(t['folded']) * 1e3:7.2f} ms | speed-up min "
-              f"{r['min']:.2f}x median {r['median']:.2f}x | max abs diff {diff:.1e}")
+        times = {"unfolded": t["plain"], "folded": t["folded"]}
+        print(f"{name:27s} {compared(times)} | max abs diff {diff:.1e}")
 
 
 if __name__ == "__main__":
