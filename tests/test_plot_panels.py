@@ -1,10 +1,11 @@
-"""bnutils.plot.panels: curves of several runs, with seeds drawn as mean and band."""
+"""bnutils.plot: seeds drawn as mean and band, and layouts that show every curve and label."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
 from bnutils import plot  # noqa: E402
@@ -80,8 +81,8 @@ def test_saturation_panels_scale_to_their_data_and_name_the_layers():
     fig = plot.saturation_over_training(
         [(step, deep), (step, deep * 0.5), (step, barely)], ["a", "b", "c"])
     a, b, c = fig.axes
-    assert a.get_ylim()[1] == np.float64(1.05)
-    assert c.get_ylim()[1] == 0.05  # a flat line at zero would hide 3%
+    assert a.get_ylim()[1] == pytest.approx(1.05)
+    assert c.get_ylim()[1] == pytest.approx(0.05)  # a flat line at zero would hide 3%
     assert [t.get_text() for t in a.get_legend().get_texts()] == ["layer 1", "layer 8"]
     assert b.get_legend() is None  # the same layers as the panel before
     assert [t.get_text() for t in c.get_legend().get_texts()] == ["layer 1", "layer 3"]

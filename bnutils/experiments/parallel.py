@@ -54,7 +54,8 @@ def prefill(calls, workers=None):
 
     Each ``fn`` must be a module-level (picklable) function that caches its result;
     what it returns is dropped. ``workers=1`` runs the calls here, one after another.
-    Returns the number of calls. An exception in a call is raised here.
+    Returns the number of calls. An exception in a call is raised here; an interrupt
+    (Ctrl-C, or Jupyter's stop button) kills the workers, so the cell stops at once.
     """
     calls = list(calls)
     workers = workers_default() if workers is None else int(workers)
