@@ -326,11 +326,20 @@ def test_workers_ignore_ctrl_c_and_an_interrupted_prefill_stops_them(tmp_path):
     import signal
     import threading
     import time
+    from multiprocessing.connection import wait
 
     from bnutils.experiments import parallel
 
-    parallel.prefill([(_touch, (tmp_path / "start", ""), {})] * 2, workers=2)
+    # both workers up (past their initializer): the pool starts them lazily
+    pids = set()
+    for i in range(50):
+        parallel.prefill([(_pid_and_mark, (tmp_path / f"w{i}{j}",), {}) for j in range(4)],
+                         workers=2)
+        pids = {(tmp_path / f"w{i}{j}").read_text().split()[0] for j in range(4)}
+        if len(pids) == 2:
+            break
     processes = list(parallel._POOLS[2]._processes.values())
+    assert {str(p.pid) for p in processes} == pids
     os.kill(processes[0].pid, signal.SIGINT)
     time.sleep(0.5)
     assert processes[0].is_alive()
@@ -342,5 +351,7 @@ def test_workers_ignore_ctrl_c_and_an_interrupted_prefill_stops_them(tmp_path):
         parallel.prefill([(_sleep, (60,), {})] * 2, workers=2)
     assert time.monotonic() - started < 30  # the calls would sleep for 60 s
     assert 2 not in parallel._POOLS
-    assert not any(p.is_alive() for p in processes)
+    # exited: each one's sentinel is ready (is_alive() can misreport a process that
+    # the pool's own thread reaped at the same moment)
+    assert all(wait([p.sentinel], timeout=10) for p in processes)
     assert parallel.prefill([(_touch, (tmp_path / "after", "ok"), {})] * 2, workers=2) == 2

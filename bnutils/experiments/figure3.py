@@ -299,7 +299,7 @@ def stack(runs):
         if key == "step":
             continue
         if isinstance(value, np.ndarray):
-            out[key] = np.stack([_pad(r[key], len(longest[key])) for r in runs])
+            out[key] = _pad_stack([r[key] for r in runs])
         elif isinstance(value, dict):  # the trace: a run that diverged stopped early
             out[key] = {k: _pad_stack([r[key][k] for r in runs]) for k in value}
         else:
