@@ -361,63 +361,102 @@ def bn_axes(n=6, d=5, c=4, hw=(3, 3), feature=1):
 
 # --- Chapter 3: the computational graph of the BN forward pass --------------------------
 
-# node -> (x, y, label); the paper's graph for one feature: x feeds mu_B, sigma_B^2 and x_hat
+# The graph of BN for one feature at the level of vectors: x, x_hat and y hold the m values
+# of the batch, mu_B, sigma_B^2, gamma and beta one number each. A sum node ("Σ") turns
+# the m values into one, a broadcast node ("⇉") hands one number to all m entries.
+# node -> (x, y, label, kind); kind: "vector", "scalar", "param", "sum", "broadcast", "loss"
 BN_GRAPH_NODES = {
-    "x": (0.0, 0.0, r"$x_i$"),
-    "mu": (2.8, 1.7, r"$\mu_\mathcal{B}$"),
-    "var": (5.0, -1.7, r"$\sigma_\mathcal{B}^2$"),
-    "xhat": (7.6, 0.0, r"$\hat{x}_i$"),
-    "y": (10.0, 0.0, r"$y_i$"),
-    "loss": (12.0, 0.0, r"$\ell$"),
-    "gamma": (10.0, 1.7, r"$\gamma$"),
-    "beta": (10.0, -1.7, r"$\beta$"),
+    "x": (0.0, 0.0, r"$x$", "vector"),
+    "sum_mu": (1.7, 2.2, "Σ", "sum"),
+    "mu": (3.4, 2.2, r"$\mu_\mathcal{B}$", "scalar"),
+    "bc_mu": (6.2, 2.2, "⇉", "broadcast"),
+    "sum_var": (2.4, -2.2, "Σ", "sum"),
+    "var": (4.4, -2.2, r"$\sigma_\mathcal{B}^2$", "scalar"),
+    "bc_var": (6.2, -2.2, "⇉", "broadcast"),
+    "xhat": (8.2, 0.0, r"$\hat{x}$", "vector"),
+    "gamma": (10.2, 2.2, r"$\gamma$", "param"),
+    "bc_gamma": (11.1, 1.1, "⇉", "broadcast"),
+    "beta": (10.2, -2.2, r"$\beta$", "param"),
+    "bc_beta": (11.1, -1.1, "⇉", "broadcast"),
+    "y": (12.0, 0.0, r"$y$", "vector"),
+    "loss": (13.6, 0.0, r"$\ell$", "loss"),
 }
 
-# (from, to, local derivative d(to)/d(from), label position along the edge, label offset)
+# (from, to, local derivative d(to)/d(from) for entry i, label position along the edge,
+# label offset); the edges out of sum and broadcast nodes carry no derivative of their own
 BN_GRAPH_EDGES = [
-    ("x", "mu", r"$\frac{1}{m}$", 0.45, (-0.3, 0.1)),
-    ("x", "var", r"$\frac{2(x_i-\mu_\mathcal{B})}{m}$", 0.4, (-0.4, -0.65)),
-    ("mu", "var", r"$\frac{-2\sum_j(x_j-\mu_\mathcal{B})}{m}$", 0.72, (-1.25, -0.05)),
-    ("x", "xhat", r"$\frac{1}{\sqrt{\sigma_\mathcal{B}^2+\epsilon}}$", 0.25, (0.0, 0.05)),
-    ("mu", "xhat", r"$\frac{-1}{\sqrt{\sigma_\mathcal{B}^2+\epsilon}}$", 0.55, (0.3, 0.15)),
-    ("var", "xhat",
-     r"$-\frac{1}{2}(x_i-\mu_\mathcal{B})(\sigma_\mathcal{B}^2+\epsilon)^{-3/2}$",
-     0.55, (1.4, -0.55)),
-    ("xhat", "y", r"$\gamma$", 0.5, (0.0, 0.05)),
-    ("gamma", "y", r"$\hat{x}_i$", 0.5, (0.35, -0.25)),
-    ("beta", "y", r"$1$", 0.5, (0.3, -0.2)),
-    ("y", "loss", "", 0.5, (0.0, 0.0)),
+    ("x", "sum_mu", r"$1/m$", 0.5, (-0.5, -0.1)),
+    ("sum_mu", "mu", "", 0.5, (0, 0)),
+    ("x", "sum_var", r"$2(x_i-\mu_\mathcal{B})/m$", 0.5, (-1.45, -0.55)),
+    ("sum_var", "var", "", 0.5, (0, 0)),
+    ("mu", "var", r"$-\frac{2}{m}\sum_i(x_i-\mu_\mathcal{B})$", 0.3, (1.55, -0.1)),
+    ("x", "xhat", r"$1/\sqrt{\sigma_\mathcal{B}^2+\epsilon}$", 0.28, (0.0, 0.08)),
+    ("mu", "bc_mu", "", 0.5, (0, 0)),
+    ("bc_mu", "xhat", r"$-1/\sqrt{\sigma_\mathcal{B}^2+\epsilon}$", 0.5, (1.35, -0.05)),
+    ("var", "bc_var", "", 0.5, (0, 0)),
+    ("bc_var", "xhat", r"$-\hat{x}_i/(2(\sigma_\mathcal{B}^2+\epsilon))$", 0.5, (1.5, -0.4)),
+    ("xhat", "y", r"$\gamma$", 0.5, (0.0, 0.08)),
+    ("gamma", "bc_gamma", "", 0.5, (0, 0)),
+    ("bc_gamma", "y", r"$\hat{x}_i$", 0.5, (0.45, 0.0)),
+    ("beta", "bc_beta", "", 0.5, (0, 0)),
+    ("bc_beta", "y", r"$1$", 0.5, (0.35, -0.35)),
+    ("y", "loss", "", 0.5, (0, 0)),
 ]
+
+GRAPH_FONT = 12  # points: at the book's column width, labels of about 15 pixels
+
+
+def graph_paths(nodes=BN_GRAPH_NODES, edges=BN_GRAPH_EDGES):
+    """``{node: number of outgoing edges}`` for the vector and scalar nodes, counting an
+    edge into a sum or broadcast node as one path through it: the number of terms in
+    that node's gradient."""
+    return {n: sum(1 for e in edges if e[0] == n) for n, (*_, kind) in nodes.items()
+            if kind in ("vector", "scalar", "param")}
 
 
 def bn_graph(ax=None):
-    """Draw the computational graph of BN for one feature, edges labelled with local derivatives.
+    """Draw the computational graph of BN for one feature at the level of vectors.
 
-    Backpropagation walks it from right to left: the gradient at a node is the sum, over
-    its outgoing edges, of the downstream gradient times the edge's local derivative.
+    Boxes are vectors of the m values of the batch (solid, filled), single numbers
+    (solid, white) and learned parameters (dashed); circles are sums ("Σ", m values to
+    one) and broadcasts ("⇉", one value to m). Edges carry the local derivative of
+    their head with respect to their tail, for entry i. Backpropagation walks the graph
+    from right to left: the gradient at a node is the sum, over its outgoing edges, of
+    the downstream gradient times the local derivative, and a sum node becomes a
+    broadcast and a broadcast a sum.
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 4.2))
+        _, ax = plt.subplots(figsize=(8.6, 4.3))
     for src, dst, label, t, (dx, dy) in BN_GRAPH_EDGES:
-        (x0, y0, _), (x1, y1, _) = BN_GRAPH_NODES[src], BN_GRAPH_NODES[dst]
+        (x0, y0, _, k0), (x1, y1, _, k1) = BN_GRAPH_NODES[src], BN_GRAPH_NODES[dst]
+        shrink = {"sum": 11, "broadcast": 11}
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                     arrowprops={"arrowstyle": "-|>", "color": "#333333", "lw": 1.2,
-                                "shrinkA": 17, "shrinkB": 17})
+                                "shrinkA": shrink.get(k0, 15), "shrinkB": shrink.get(k1, 15)})
         if label:
-            ax.text(x0 + t * (x1 - x0) + dx, y0 + t * (y1 - y0) + dy, label, fontsize=11,
-                    ha="center", va="bottom", color=COLORS["baseline"],
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
-    for name, (x, y, label) in BN_GRAPH_NODES.items():
-        param = name in ("gamma", "beta")
-        ax.text(x, y, label, fontsize=14, ha="center", va="center",
-                bbox={"boxstyle": "round,pad=0.45", "ec": COLORS["bn"], "lw": 1.5,
-                      "fc": "#e8f1f8" if not param else "white",
-                      "ls": "--" if param else "-"})
-    ax.annotate("backward pass: gradients flow against the arrows", xy=(0.5, -2.55),
-                xytext=(6.2, -2.55), va="center", ha="left", fontsize=9, color=COLORS["grey"],
-                arrowprops={"arrowstyle": "-|>", "color": COLORS["grey"], "lw": 1})
-    ax.set_xlim(-0.8, 12.8)
-    ax.set_ylim(-2.9, 2.5)
+            ax.text(x0 + t * (x1 - x0) + dx, y0 + t * (y1 - y0) + dy, label,
+                    fontsize=GRAPH_FONT, ha="center", va="bottom", color=COLORS["baseline"],
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                          "alpha": 0.9})
+    for x, y, label, kind in BN_GRAPH_NODES.values():
+        if kind in ("sum", "broadcast"):
+            ax.text(x, y, label, fontsize=GRAPH_FONT + 1, ha="center", va="center",
+                    bbox={"boxstyle": "circle,pad=0.25", "ec": COLORS["grey"], "fc": "white",
+                          "lw": 1.2})
+            continue
+        ax.text(x, y, label, fontsize=GRAPH_FONT + 3, ha="center", va="center",
+                bbox={"boxstyle": "round,pad=0.4", "ec": COLORS["bn"], "lw": 1.5,
+                      "fc": "#e8f1f8" if kind == "vector" else "white",
+                      "ls": "--" if kind == "param" else "-"})
+    ax.text(6.8, -3.3, "forward: Σ sums m values into one, ⇉ hands one value to all m\n"
+            "backward: every Σ becomes a ⇉, every ⇉ a Σ", ha="center", va="top",
+            fontsize=GRAPH_FONT - 1, color=COLORS["grey"], linespacing=1.5)
+    ax.text(0.0, -0.55, "m values", ha="center", va="top", fontsize=GRAPH_FONT - 2,
+            color=COLORS["grey"])
+    ax.text(3.4, 2.95, "one value", ha="center", va="bottom", fontsize=GRAPH_FONT - 2,
+            color=COLORS["grey"])
+    ax.set_xlim(-0.9, 14.2)
+    ax.set_ylim(-4.1, 3.2)
     ax.set_aspect("equal")
     ax.axis("off")
     return ax
