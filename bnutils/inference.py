@@ -27,13 +27,19 @@ def batch_statistics(x):
 
 @contextmanager
 def record_inputs(model, callback):
-    """Within the block, call ``callback(name, x)`` with the input of every BN layer."""
-    def hook(name):
-        def pre_hook(_module, args):
-            callback(name, args[0].detach())  # returns None: the input is left unchanged
+    """Within the block, call ``callback(name, x)`` with the input of every BN layer.
+
+    Only ``model``'s own layers report: ``copy.deepcopy(model)`` copies the hooks with
+    the layers, and a copy evaluated within the block (say, on test data with other
+    statistics) must not feed the callback.
+    """
+    def hook(name, layer):
+        def pre_hook(module, args):
+            if module is layer:
+                callback(name, args[0].detach())  # returns None: the input is unchanged
         return pre_hook
 
-    handles = [m.register_forward_pre_hook(hook(name))
+    handles = [m.register_forward_pre_hook(hook(name, m))
                for name, m in batchnorm_layers(model).items()]
     try:
         yield

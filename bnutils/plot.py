@@ -495,24 +495,37 @@ def compare_loss_curves(curves, names, colors=("bn", "other")):
 
 def batch_dependence(probs, eval_prob, batch_sizes, batch_acc, eval_acc):
     """Two panels: (a) histogram of one example's predicted probability of its true class
-    over many batches, with the eval-mode value; (b) test accuracy with test-batch
-    statistics against the test batch size, with the eval-mode accuracy as a line."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    over many batches, with the eval-mode value (the running statistics); (b) test
+    accuracy with test-batch statistics against the test batch size, with the eval-mode
+    accuracy as a line. One legend, below the panels, where it covers no bar."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.7))
+    eval_label = "running statistics (eval mode)"
     ax1.hist(probs, bins=30, range=(0, 1), color=COLORS["baseline"], alpha=0.8,
              label="batch statistics")
-    ax1.axvline(eval_prob, color=COLORS["bn"], lw=2, label="population statistics (eval)")
+    ax1.axvline(eval_prob, color=COLORS["bn"], lw=2, label=eval_label)
     ax1.set(xlabel="predicted probability of the true class", ylabel="batches",
             title="(a) one test example, many batch-mates")
-    ax1.legend(loc="upper left", fontsize=8)
-    ax2.plot(batch_sizes, 100 * np.asarray(batch_acc), "o-", color=COLORS["baseline"],
-             label="batch statistics")
-    ax2.axhline(100 * eval_acc, color=COLORS["bn"], lw=2, label="population statistics (eval)")
+    ax2.plot(batch_sizes, 100 * np.asarray(batch_acc), "o-", color=COLORS["baseline"])
+    ax2.axhline(100 * eval_acc, color=COLORS["bn"], lw=2)
     ax2.set_xscale("log", base=2)
     ax2.set(xlabel="test batch size", ylabel="test accuracy (%)",
             title="(b) accuracy against test batch size")
-    ax2.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    for ax in (ax1, ax2):
+        ax.title.set_fontsize(10)
+    fig.legend(*ax1.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=9)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     return fig
+
+
+def log_percent_ticks(lo, hi):
+    """Tick values for a log axis in percent between ``lo`` and ``hi``: 1, 1.5, 2, 2.5,
+    3, 4, 5, 7 per decade below 10 (where compared errors lie close together), then
+    10, 20, 50 per decade."""
+    ticks = []
+    for decade in 10.0 ** np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1):
+        steps = (1, 1.5, 2, 2.5, 3, 4, 5, 7) if decade < 10 else (1, 2, 5)
+        ticks += [decade * s for s in steps]
+    return [t for t in ticks if lo <= t <= hi]
 
 
 def _momentum_name(label):
@@ -535,8 +548,9 @@ def statistics_over_training(steps, curves, errors):
             title="(a) test error with each estimate")
     ax2.set(xlabel="training step", ylabel="relative difference of Var[x]", yscale="log",
             title="(b) distance to Algorithm 2")
-    ax1.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax1.yaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
+    lo, hi = ax1.get_ylim()
+    ax1.yaxis.set_major_locator(mpl.ticker.FixedLocator(log_percent_ticks(lo, hi)))
+    ax1.yaxis.set_major_formatter(mpl.ticker.FormatStrFormatter("%g"))
     ax1.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
     # below the panels: inside, it would cover the curves of the early steps
     fig.legend(*ax1.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)

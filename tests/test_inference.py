@@ -215,9 +215,12 @@ def test_moving_averages_match_torch(make):
                 net.train()
                 with tracker.paused():
                     population_statistics(net, x, batch_size=8)  # nor paused training ones
+                # nor a copy of the net, which carries the hooks along (chapter 4
+                # evaluates copies with other statistics while the tracker runs)
+                copy.deepcopy(net).eval()(-x)
             net(x[i : i + 8])  # tracked, before the pause and after it
-            for copy in copies.values():
-                copy(x[i : i + 8])
+            for twin in copies.values():
+                twin(x[i : i + 8])
     for mom in momenta:
         stats = tracker.statistics(mom)
         assert stats.keys() == batchnorm_layers(net).keys()
