@@ -308,7 +308,7 @@ def bn_placement():
     _arrow(ax, (9.1, 0), (10.0, 0), "$z$")
     ax.text(4.9, -0.85, "$\\mu_\\mathcal{B}, \\sigma_\\mathcal{B}^2$: of this mini-batch, "
             "per feature;  $\\gamma, \\beta$: learned, per feature", ha="center",
-            va="top", fontsize=9, color=COLORS["grey"])
+            va="top", fontsize=10, color=COLORS["grey"])
     ax.set_xlim(-0.6, 10.1)
     ax.set_ylim(-1.1, 0.75)
     ax.axis("off")
