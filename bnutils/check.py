@@ -41,7 +41,7 @@ from torch import nn
 
 from . import bn, layers, norms
 
-WIDTH = 79  # the rendered code column
+WIDTH = 71  # the code column of a solution dropdown, where the checked answer runs
 
 # The mistakes a checker recognises: key -> what the verdict says.
 MISTAKES = {
