@@ -66,7 +66,7 @@ PY_ROLES = {"func", "class", "meth", "mod", "attr", "obj", "data", "exc", "const
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,}|:{3,})(?P<info>.*)$")
 DIRECTIVE = re.compile(r"^\{(?P<name>[^{}\s]+)\}\s*(?P<arg>.*)$")
-ROLE = re.compile(r"(?<![`\\])(?:\{(?P<name>[A-Za-z][\w:+.-]*)\})?(?P<ticks>`+)(?P<body>.+?)"
+ROLE = re.compile(r"(?:\{(?P<name>[A-Za-z][\w:+.-]*)\}|(?<![`\\]))(?P<ticks>`+)(?P<body>.+?)"
                   r"(?<!`)(?P=ticks)(?!`)", re.S)
 LABEL_LINE = re.compile(r"^[ \t]*\((?P<label>[^()\s]+)\)=[ \t]*$")
 MATH_LABEL = re.compile(r"[ \t]*\((?P<label>[^()\s]+)\)")
@@ -149,7 +149,8 @@ def convert_markdown(text, ctx, attachments=None):
             options, body = _options(body)
             block = _directive(d.group("name"), d.group("arg").strip(), options,
                                "\n".join(body), ctx, attachments)
-            out.append("\n".join(indent + b if b else b for b in block.split("\n")))
+            out.append("\n" + "\n".join(indent + b if b else b for b in block.split("\n"))
+                       + "\n")  # a block of its own, not the end of a paragraph
         else:  # a code block: verbatim
             out.append("\n".join(lines[i:end + 1]))
         i = end + 1
