@@ -107,27 +107,23 @@ class Context:
         self.warnings.append(f"{self.docname}: {message}")
 
 
-class Attachments(dict):
-    """A Markdown cell's ``attachments``: name -> {mime: base64}."""
-
-    def add(self, mime, data, stem):
-        name = f"{stem}-{len(self) + 1}.{mime.split('/')[-1].split('+')[0]}"
-        self[name] = {mime: data}
-        return f"attachment:{name}"
+def data_uri(mime, payload):
+    """An image written into the Markdown (base64): JupyterLab and Colab both show it;
+    Colab shows no cell attachments."""
+    return f"data:{mime};base64,{payload}"
 
 
 # ---------------------------------------------------------------------------------------
 # MyST Markdown -> plain Markdown
 
 
-def convert_markdown(text, ctx, attachments=None):
+def convert_markdown(text, ctx):
     """Plain Markdown (CommonMark, HTML and ``$`` math) for MyST ``text``."""
-    attachments = Attachments() if attachments is None else attachments
     out, prose = [], []
 
     def flush():
         if prose:
-            out.append(_prose("\n".join(prose), ctx, attachments))
+            out.append(_prose("\n".join(prose), ctx))
             prose.clear()
 
     lines = text.split("\n")
@@ -148,7 +144,7 @@ def convert_markdown(text, ctx, attachments=None):
             body = [b[len(indent):] if b.startswith(indent) else b.lstrip() for b in body]
             options, body = _options(body)
             block = _directive(d.group("name"), d.group("arg").strip(), options,
-                               "\n".join(body), ctx, attachments)
+                               "\n".join(body), ctx)
             out.append("\n" + "\n".join(indent + b if b else b for b in block.split("\n"))
                        + "\n")  # a block of its own, not the end of a paragraph
         else:  # a code block: verbatim
@@ -188,7 +184,7 @@ def _options(body):
     return options, body[k:]
 
 
-def _prose(text, ctx, attachments):
+def _prose(text, ctx):
     """Markdown outside fences: labels, comments and block breaks go, labelled equations
     get their number, roles become text, relative links and images resolve."""
     kept = []
@@ -199,13 +195,13 @@ def _prose(text, ctx, attachments):
     text = _number_equations("\n".join(kept), ctx)
     pieces, last = [], 0
     for m in ROLE.finditer(text):
-        pieces.append(_links(text[last:m.start()], ctx, attachments))
+        pieces.append(_links(text[last:m.start()], ctx))
         last = m.end()
         if m.group("name"):
-            pieces.append(_role(m.group("name"), m.group("body"), ctx, attachments))
+            pieces.append(_role(m.group("name"), m.group("body"), ctx))
         else:
             pieces.append(m.group(0))  # inline code: verbatim
-    pieces.append(_links(text[last:], ctx, attachments))
+    pieces.append(_links(text[last:], ctx))
     return "".join(pieces)
 
 
@@ -240,15 +236,15 @@ def _eq_number(label, ctx):
     return found[0].strip("()")
 
 
-def _links(text, ctx, attachments):
+def _links(text, ctx):
     """Relative Markdown links to pages go to the web book (a sibling ``.ipynb`` stays:
-    it is a learner notebook too); relative images become attachments."""
+    it is a learner notebook too); relative images are written in (base64)."""
     def fix(m):
         url = m.group("url")
         if re.match(r"^[a-z][\w+.-]*:|^#|^mailto:", url):
             return m.group(0)
         if m.group("bang"):
-            return f"![{m.group('text')}]({_image(url, ctx, attachments) or url})"
+            return f"![{m.group('text')}]({_image(url, ctx) or url})"
         if re.match(r"^[^/]+\.ipynb(#.*)?$", url):
             return m.group(0)
         return f"[{m.group('text')}]({_web_url(url, ctx)})"
@@ -264,7 +260,7 @@ def _web_url(url, ctx):
     return urljoin(base, path) + (f"#{anchor}" if anchor else "")
 
 
-def _image(path, ctx, attachments):
+def _image(path, ctx):
     if ctx.source_dir is None or not (ctx.source_dir / path).is_file():
         ctx.warn(f"image {path!r} not found")
         return None
@@ -274,13 +270,13 @@ def _image(path, ctx, attachments):
         ctx.warn(f"image {path!r}: unknown type")
         return None
     data = base64.b64encode((ctx.source_dir / path).read_bytes()).decode()
-    return attachments.add(mime, data, "image")
+    return data_uri(mime, data)
 
 
-def _role(name, body, ctx, attachments):
+def _role(name, body, ctx):
     body = " ".join(body.split()) if name not in ("math",) else body
     if name.startswith("glue"):
-        return _glue_role(name, body, ctx, attachments)
+        return _glue_role(name, body, ctx)
     if name == "math":
         return f"${body}$"
     if name in ("sub", "sup"):
@@ -328,7 +324,7 @@ def _glue_data(key, ctx):
     return data
 
 
-def _glue_role(name, body, ctx, attachments):
+def _glue_role(name, body, ctx):
     if name == "glue:text":
         key, sep, spec = body.rpartition(":")
         if not sep or key.endswith(":"):  # no format spec (``key`` or ``doc::key``)
@@ -345,7 +341,7 @@ def _glue_role(name, body, ctx, attachments):
     output = _glue_data(key, ctx)
     if output is None:
         return f"[{key}: not computed]"
-    return _mime_markdown(output["data"], ctx, attachments, inline=True)
+    return _mime_markdown(output["data"], ctx, inline=True)
 
 
 def _format_plain(text, spec):
@@ -371,13 +367,13 @@ def _format_plain(text, spec):
     return format_plain_text(text, spec)
 
 
-def _directive(name, arg, options, body, ctx, attachments):
+def _directive(name, arg, options, body, ctx):
     """Plain Markdown for one directive."""
-    inner = convert_markdown(body, ctx, attachments) if body.strip() else ""
+    inner = convert_markdown(body, ctx) if body.strip() else ""
     label = options.get("label") or options.get("name")
     if name == "exercise":
         title = _numbered("numref", label, "Exercise", ctx) if label else "Exercise"
-        head = f"**{title}**" + (f" ({_inline(arg, ctx, attachments)})" if arg else "")
+        head = f"**{title}**" + (f" ({_inline(arg, ctx)})" if arg else "")
         if "dropdown" in options.get("class", ""):
             return _details(head, inner)
         return _quote(head + "\n\n" + inner)
@@ -387,15 +383,15 @@ def _directive(name, arg, options, body, ctx, attachments):
         ctx.warn(f"{{{name}}} inside a cell's text is not paired across cells")
         return ""
     if name in ADMONITIONS or name.startswith("admonition"):
-        title = _inline(arg, ctx, attachments) if arg else name.capitalize().replace(
+        title = _inline(arg, ctx) if arg else name.capitalize().replace(
             "Seealso", "See also")
         if "dropdown" in options.get("class", ""):
             return _details(title, inner)
         return _quote(f"**{title}**\n\n{inner}")
     if name == "dropdown":
-        return _details(_inline(arg, ctx, attachments) or "Details", inner)
+        return _details(_inline(arg, ctx) or "Details", inner)
     if name in ("figure", "image"):
-        src = _image(arg, ctx, attachments) or arg
+        src = _image(arg, ctx) or arg
         alt = options.get("alt", "")
         image = f"![{alt}]({src})"
         if name == "image":
@@ -408,14 +404,14 @@ def _directive(name, arg, options, body, ctx, attachments):
         return f"```{arg.split()[0] if arg else ''}\n{body}\n```"
     if name == "table":
         title = _numbered("numref", label, "Table", ctx) if label else ""
-        caption = _inline(arg, ctx, attachments)
+        caption = _inline(arg, ctx)
         head = f"**{title}** {caption}".strip() if title else f"**{caption}**"
         return f"{head}\n\n{inner}" if caption or title else inner
     if name.startswith("glue"):
         output = _glue_data(arg, ctx)
         if output is None:
             return f"[{arg}: not computed]"
-        pasted = _mime_markdown(output["data"], ctx, attachments)
+        pasted = _mime_markdown(output["data"], ctx)
         if name == "glue:figure":
             return pasted + "\n\n" + _caption(label, inner, ctx)
         return pasted
@@ -425,11 +421,11 @@ def _directive(name, arg, options, body, ctx, attachments):
     if name == "raw":
         return body if "html" in arg else ""
     ctx.warn(f"directive {{{name}}} has no plain-Markdown form: its text is shown")
-    return (f"**{_inline(arg, ctx, attachments)}**\n\n" if arg else "") + inner
+    return (f"**{_inline(arg, ctx)}**\n\n" if arg else "") + inner
 
 
-def _inline(text, ctx, attachments):
-    return _prose(text, ctx, attachments).strip()
+def _inline(text, ctx):
+    return _prose(text, ctx).strip()
 
 
 def _numbered(role, label, fallback, ctx):
@@ -474,18 +470,18 @@ def solution_title(target, ctx):
 # Outputs in Markdown (inside a solution, and pasted glue)
 
 
-def _mime_markdown(data, ctx, attachments, inline=False):
+def _mime_markdown(data, ctx, inline=False):
     if WIDGET in data and "text/plain" in data and len(data) == 2:
         return ""
     for mime in ("image/png", "image/jpeg", "image/gif"):
         if mime in data:
             payload = data[mime] if isinstance(data[mime], str) else "".join(data[mime])
-            return f"![output]({attachments.add(mime, payload.strip(), 'output')})"
+            return f"![output]({data_uri(mime, payload.strip())})"
     if "image/svg+xml" in data:
         svg = _text(data["image/svg+xml"])
-        return f"![output]({attachments.add('image/svg+xml', base64.b64encode(svg.encode()).decode(), 'output')})"
+        return f"![output]({data_uri('image/svg+xml', base64.b64encode(svg.encode()).decode())})"
     if "text/markdown" in data:
-        return convert_markdown(_text(data["text/markdown"]), ctx, attachments)
+        return convert_markdown(_text(data["text/markdown"]), ctx)
     if "text/html" in data:
         return _text(data["text/html"]).strip()
     if "text/latex" in data:
@@ -507,7 +503,7 @@ def _text_block(text):
     return f"{fence}text\n{text}\n{fence}" if text.strip() else ""
 
 
-def _outputs_markdown(outputs, ctx, attachments):
+def _outputs_markdown(outputs, ctx):
     parts, stream = [], []
     for output in outputs:
         if output["output_type"] == "stream":
@@ -520,7 +516,7 @@ def _outputs_markdown(outputs, ctx, attachments):
             parts.append(_text_block("\n".join(output.get("traceback", []))
                                      or f"{output['ename']}: {output['evalue']}"))
         elif not is_glue_output(output):
-            parts.append(_mime_markdown(output.get("data", {}), ctx, attachments))
+            parts.append(_mime_markdown(output.get("data", {}), ctx))
     if stream:
         parts.append(_text_block("".join(stream)))
     return "\n\n".join(p for p in parts if p)
@@ -600,30 +596,25 @@ def exercise_titles(nb):
 
 def learner_notebook(nb, ctx):
     """The learner notebook of the executed notebook ``nb`` (not changed)."""
-    ctx.exercise_titles = {k: _inline(v, ctx, Attachments()) for k, v in exercise_titles(nb).items()}
+    ctx.exercise_titles = {k: _inline(v, ctx) for k, v in exercise_titles(nb).items()}
     cells, solution = [], None
     for item in _split_solutions(nb):
         kind = item[0]
         if kind == "start":
             if solution is not None:
                 ctx.warn("a solution starts inside another")
-            solution = {"title": solution_title(item[1], ctx), "parts": [],
-                        "attachments": Attachments(), "code": []}
+            solution = {"title": solution_title(item[1], ctx), "parts": []}
         elif kind == "end":
             if solution is None:
                 ctx.warn("a solution ends that never started")
                 continue
             cells.append(_markdown_cell(_details(solution["title"], "\n\n".join(
-                p for p in solution["parts"] if p)), solution["attachments"]))
+                p for p in solution["parts"] if p))))
             solution = None
         elif solution is not None:
-            solution["parts"].append(_solution_part(item, ctx, solution["attachments"]))
-            if kind == "code":
-                solution["code"].append(item[1])
+            solution["parts"].append(_solution_part(item, ctx))
         elif kind == "md":
-            attachments = Attachments()
-            cells.append(_markdown_cell(convert_markdown(item[1], ctx, attachments),
-                                        attachments))
+            cells.append(_markdown_cell(convert_markdown(item[1], ctx)))
         elif kind == "code":
             cells.extend(_code_cells(item[1], ctx))
         else:
@@ -645,16 +636,13 @@ def learner_notebook(nb, ctx):
     return out
 
 
-def _markdown_cell(text, attachments=None):
-    cell = {"cell_type": "markdown", "metadata": {}, "source": text}
-    if attachments:
-        cell["attachments"] = dict(attachments)
-    return cell
+def _markdown_cell(text):
+    return {"cell_type": "markdown", "metadata": {}, "source": text}
 
 
-def _solution_part(item, ctx, attachments):
+def _solution_part(item, ctx):
     if item[0] == "md":
-        return convert_markdown(item[1], ctx, attachments)
+        return convert_markdown(item[1], ctx)
     if item[0] != "code":
         return ""
     cell = item[1]
@@ -666,11 +654,10 @@ def _solution_part(item, ctx, attachments):
     if "remove-input" not in tags and source:
         parts.append(f"```python\n{source}\n```")
     if "remove-output" not in tags:
-        parts.append(_outputs_markdown(cell.get("outputs", []), ctx, attachments))
+        parts.append(_outputs_markdown(cell.get("outputs", []), ctx))
     figure = cell.get("metadata", {}).get("mystnb", {}).get("figure")
     if figure and figure.get("name"):
-        parts.append(_caption(figure["name"], convert_markdown(figure.get("caption", ""), ctx,
-                                                              attachments), ctx))
+        parts.append(_caption(figure["name"], convert_markdown(figure.get("caption", ""), ctx), ctx))
     return "\n\n".join(p for p in parts if p)
 
 
@@ -695,9 +682,8 @@ def _code_cells(cell, ctx):
     cells = [cell]
     figure = meta.get("mystnb", {}).get("figure")
     if figure and figure.get("name") and "remove-cell" not in tags:
-        attachments = Attachments()
-        caption = convert_markdown(figure.get("caption", ""), ctx, attachments)
-        cells.append(_markdown_cell(_caption(figure["name"], caption, ctx), attachments))
+        caption = convert_markdown(figure.get("caption", ""), ctx)
+        cells.append(_markdown_cell(_caption(figure["name"], caption, ctx)))
     return cells
 
 
