@@ -319,6 +319,9 @@ def test_learner_notebook_of_a_chapter():
     assert L._text(cells[i + 1]["source"]) == "**Fig. 2.1.** Curves (12.3%)."
     assert all(L.raw_myst(t) == [] for t in text)
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    import nbformat
+
+    nbformat.validate(nbformat.from_dict(nb))
 
 
 def test_a_cell_that_needs_a_solution_is_flagged():

@@ -892,6 +892,7 @@ def note(date, commit, mode, page):
 def write_learner_notebooks(app, exception):
     if exception is not None or app.builder.format != "html":
         return
+    import nbformat
     from sphinx.util import logging
 
     logger = logging.getLogger(__name__)
@@ -933,8 +934,12 @@ def write_learner_notebooks(app, exception):
         learner = learner_notebook(nb, ctx)
         for message in ctx.warnings:
             logger.warning(f"learner notebook: {message}", type="learner")
-        target = out / f"{Path(docname).name}.ipynb"
-        target.write_text(json.dumps(learner, indent=1, ensure_ascii=False) + "\n")
+        try:
+            nbformat.validate(nbformat.from_dict(learner))
+        except nbformat.ValidationError as error:
+            logger.warning(f"learner notebook {docname}: not a valid notebook: {error}",
+                           type="learner")
+        nbformat.write(nbformat.from_dict(learner), out / f"{Path(docname).name}.ipynb")
     logger.info(f"learner notebooks: {len(chapters)} in {out}")
 
 
