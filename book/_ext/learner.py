@@ -54,9 +54,9 @@ SETUP_POINTER = "# Learner notebook"  # the setup cell's line that points to thi
 
 # the titles of the code a learner notebook folds, by tag (Colab shows the title)
 FOLDED = {
-    "remove-cell": "Bookkeeping (hidden on the web page)",
-    "remove-input": "Code hidden on the web page (its output is shown)",
-    "hide-input": "Show code",
+    "remove-cell": "Bookkeeping: keeps the text's numbers in step with the run",
+    "remove-input": "Code hidden on the web page, which shows its output",
+    "hide-input": "Code folded on the web page",
 }
 ADMONITIONS = {"note", "tip", "hint", "important", "warning", "caution", "attention",
                "danger", "error", "seealso", "admonition", "margin", "sidebar", "topic"}
