@@ -45,6 +45,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urljoin
 
 BRANCH = "learner"  # the branch the book workflow pushes the learner notebooks to
 FOLDER = "learner"  # where they go in the HTML output
@@ -72,7 +73,6 @@ LABEL_LINE = re.compile(r"^[ \t]*\((?P<label>[^()\s]+)\)=[ \t]*$")
 MATH_LABEL = re.compile(r"[ \t]*\((?P<label>[^()\s]+)\)")
 LINK = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]]*)\]\((?P<url>[^)\s]+)(?P<title>\s+\"[^\"]*\")?\)")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-RAW_ROLE = re.compile(r"\{[A-Za-z][\w:+.-]*\}`")
 RAW_DIRECTIVE = re.compile(r"^[ \t]*(`{3,}|~{3,}|:{3,})\s*\{[^}]+\}", re.M)
 
 
@@ -254,10 +254,7 @@ def _links(text, ctx):
 def _web_url(url, ctx):
     path, _, anchor = url.partition("#")
     path = re.sub(r"\.(md|ipynb)$", ".html", path)
-    base = ctx.page.rsplit("/", 1)[0] + "/" if "/" in ctx.page else ctx.web
-    from urllib.parse import urljoin
-
-    return urljoin(base, path) + (f"#{anchor}" if anchor else "")
+    return urljoin(ctx.page or ctx.web, path) + (f"#{anchor}" if anchor else "")
 
 
 def _image(path, ctx):
@@ -859,8 +856,6 @@ class SphinxResolver:
         uri = refs[0].get("refuri", "") if refs else ""
         if not uri or uri.startswith("#"):
             return text, None
-        from urllib.parse import urljoin
-
         return text, urljoin(self.web + self.docname + ".html", uri)
 
 
