@@ -339,10 +339,11 @@ def test_unpaired_solutions_are_flagged():
 
 
 def test_an_output_with_a_path_of_the_build_machine_is_flagged():
-    ctx = context()
-    L.learner_notebook(notebook(md("# T"), code("print(root)", outputs=[
-        stream(f"folder: {Path.home() / 'data'}\n")])), ctx)
-    assert any("path of the build machine" in w for w in ctx.warnings)
+    nb = notebook(md("# T"), code("print(root)", outputs=[
+        stream(f"folder: {Path.home() / 'data'}\nfolder: ~/data\n")]),
+        code("print(cache)", outputs=[stream(f"loaded from {ROOT / '_cache'}\n")]))
+    assert L.machine_paths(nb) == [(1, f"folder: {Path.home() / 'data'}"),
+                                   (2, f"loaded from {ROOT / '_cache'}")]
 
 
 # ------------------------------------------------------------------ the book's chapters

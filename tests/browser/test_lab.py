@@ -7,8 +7,9 @@ workspace folders) on copies of them; the system Chromium, driven by Playwright,
 
 - every learner notebook, rendered, and checks that no MyST role, directive or label is
   left in any rendered Markdown cell, that every solution is folded (a closed
-  ``<details>``, nothing of it visible), that its images and math render, and that the
-  code the web page hides is folded (a screenshot of each is kept);
+  ``<details>``, nothing of it visible), that its images and math render, that the
+  code the web page hides is folded, and that no output of the build shows a folder of
+  the machine that built it (a screenshot of each is kept);
 - ``RUN`` of them (``00_setup`` and chapter 3, in quick mode; ``BNBOOK_LAB_RUN=all``
   runs every chapter, about N minutes), runs all cells, and checks through JupyterLab's
   own state (its notebook model, the kernel's status) and the rendered page:
@@ -45,6 +46,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+import learner  # noqa: E402
+
 CHROMIUM = os.environ.get("BNBOOK_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -305,6 +309,9 @@ def test_learner_notebook_reads_in_jupyterlab(lab, browser, notebook):
     errors = [c for c in stored["cells"] for o in c.get("outputs", [])
               if o["output_type"] == "error"]
     assert not errors, f"{notebook}: error outputs stored from the build"
+    paths = learner.machine_paths(stored, [str(ROOT), str(Path.home())])
+    assert not paths, (f"{notebook}: outputs show folders of the build machine (print "
+                       f"them relative to ~ or the repository, or hide them): {paths[:5]}")
     context, tab, outside, problems = _open(lab, browser, notebook)
     try:
         tab.wait_for_function(
