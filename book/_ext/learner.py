@@ -851,6 +851,7 @@ class SphinxResolver:
                                      refdoc=self.docname, refwarn=True)
         node.source, node.line = env.doc2path(self.docname), 0
         contnode = nodes.inline(title, title)
+        node += contnode  # an explicit title is read from the node's text
         try:
             ref = domain.resolve_xref(env, self.docname, self.app.builder, typ, target,
                                       node, contnode)

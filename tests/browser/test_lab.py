@@ -309,9 +309,6 @@ def test_learner_notebook_reads_in_jupyterlab(lab, browser, notebook):
     errors = [c for c in stored["cells"] for o in c.get("outputs", [])
               if o["output_type"] == "error"]
     assert not errors, f"{notebook}: error outputs stored from the build"
-    paths = learner.machine_paths(stored, [str(ROOT), str(Path.home())])
-    assert not paths, (f"{notebook}: outputs show folders of the build machine (print "
-                       f"them relative to ~ or the repository, or hide them): {paths[:5]}")
     context, tab, outside, problems = _open(lab, browser, notebook)
     try:
         tab.wait_for_function(
@@ -352,6 +349,9 @@ def test_learner_notebook_reads_in_jupyterlab(lab, browser, notebook):
     assert not problems, f"{notebook}: errors in the page: {problems}"
     print(f"{notebook}: {len(text)} Markdown cells, {solutions} folded solutions, "
           f"{folded} folded code cells, {seen['math']} formulas, {len(seen['images'])} images")
+    paths = learner.machine_paths(stored, [str(ROOT), str(Path.home())])
+    assert not paths, (f"{notebook}: outputs show folders of the build machine (print "
+                       f"them relative to ~ or the repository, or hide them): {paths[:5]}")
 
 
 @pytest.mark.parametrize("notebook", RUN)
