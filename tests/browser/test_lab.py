@@ -29,6 +29,7 @@ Chromium (``BNBOOK_CHROMIUM`` names another), or where no build wrote learner no
 and ``BNBOOK_HTML`` is not set (with it set, missing notebooks fail the test).
 """
 
+import ast
 import json
 import os
 import re
@@ -229,6 +230,26 @@ RUN_ALL = """() => {
 KERNEL_IDLE = """() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status
     === 'idle'"""
 NOTEBOOK_JSON = "() => window.jupyterapp.shell.currentWidget.content.model.toJSON()"
+# runs code in the notebook's kernel, returns what it printed (and any error)
+IN_KERNEL = """async (code) => {
+    const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+    const future = kernel.requestExecute({code: code, silent: false, store_history: false});
+    let out = '';
+    future.onIOPub = (msg) => {
+        if (msg.header.msg_type === 'stream') out += msg.content.text;
+        if (msg.header.msg_type === 'error') out += msg.content.ename + ': ' + msg.content.evalue;
+    };
+    await future.done;
+    return out;
+}"""
+# True for each name still bound to its stub (a function, or a class with a method, whose
+# code raises NotImplementedError("your code here"))
+STILL_STUBS = """import json as _json
+def _stub(obj):
+    fns = [obj] if hasattr(obj, "__code__") else [
+        v for v in vars(obj).values() if hasattr(v, "__code__")]
+    return any("your code here" in f.__code__.co_consts for f in fns)
+print(_json.dumps({n: _stub(globals()[n]) for n in NAMES}))"""
 PAGE_STATE = """async () => {
     const node = window.jupyterapp.shell.currentWidget.node;
     const imgs = Array.from(node.querySelectorAll('.jp-OutputArea-output img'));
@@ -386,6 +407,15 @@ def test_notebook_runs_in_jupyterlab(lab, browser, notebook):
             assert "not implemented" in said and ": passed" not in said, \
                 f"{notebook}: the checker after stub {i} says {said[:300]!r}"
 
+        # ... and after "Run all" the stubs' names still hold the stubs, not a solution's
+        stubs = sorted({node.name for c in cells if STUB in "".join(c["source"])
+                        for node in ast.parse("".join(c["source"])).body
+                        if isinstance(node, (ast.FunctionDef, ast.ClassDef))})
+        if stubs:
+            said = tab.evaluate(IN_KERNEL, STILL_STUBS.replace("NAMES", repr(stubs)))
+            assert json.loads(said) == dict.fromkeys(stubs, True), \
+                f"{notebook}: after Run all, a stub was replaced: {said}"
+
         # the setup cell (the first code cell) found bnutils and installed nothing
         assert "find_spec(\"bnutils\")" in "".join(cells[0]["source"])
         assert cells[0]["outputs"] == [], f"the setup cell printed: {cells[0]['outputs']}"
@@ -425,7 +455,7 @@ def test_notebook_runs_in_jupyterlab(lab, browser, notebook):
     assert not outside, f"{notebook}: requests leaving 127.0.0.1: {outside}"
     assert not problems, f"{notebook}: errors in the page: {problems}"
     print(f"{notebook}: {len(cells)} code cells in {seconds:.0f} s, {n_png} figures, "
-          f"{len(state['bars'])} progress bars")
+          f"{len(state['bars'])} progress bars, stubs still stubs: {stubs}")
 
 
 def test_server_reached_no_other_host(lab):
