@@ -295,7 +295,7 @@ def test_learner_notebook_of_a_chapter():
     solution = next(t for t in text if "<summary>Solution to Exercise 2.1 (Your turn)" in t)
     assert solution.startswith("<details>\n<summary>") and solution.endswith("</details>")
     assert "Subtract the mean." in solution and "return x - x.mean()" in solution
-    assert "```text\nbn: passed\n```" in solution  # its output, from the build
+    assert "*Output (the book's run):*\n\n```text\nbn: passed\n```" in solution
     assert f"![output](data:image/png;base64,{PNG})" in solution  # Colab shows no attachments
     assert "**Fig. 3.4.** Solved." in solution
     assert "glue('hidden'" not in solution  # bookkeeping inside a solution is dropped

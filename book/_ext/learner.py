@@ -651,8 +651,9 @@ def _solution_part(item, ctx):
     source = _text(cell["source"]).strip("\n")
     if "remove-input" not in tags and source:
         parts.append(f"```python\n{source}\n```")
-    if "remove-output" not in tags:
-        parts.append(_outputs_markdown(cell.get("outputs", []), ctx))
+    shown = _outputs_markdown(cell.get("outputs", []), ctx) if "remove-output" not in tags else ""
+    if shown:
+        parts.append("*Output (the book's run):*\n\n" + shown)
     figure = cell.get("metadata", {}).get("mystnb", {}).get("figure")
     if figure and figure.get("name"):
         parts.append(_caption(figure["name"], convert_markdown(figure.get("caption", ""), ctx), ctx))
@@ -995,19 +996,24 @@ def sync(source, target, ask=None, say=print):
         mine, digest = target / new.name, _digest(new)
         if mine.exists() and state.get(new.name) == digest:
             continue  # the book's version is the one copied last time
+        done = f"{mine}: copied from the book's build"
         if mine.exists() and _digest(mine) != state.get(new.name):
             if _digest(mine) == digest:
                 state[new.name] = digest
                 continue
+            kept = mine.with_name(f"{mine.stem}.mine.ipynb")
             question = (f"{mine}: you changed it, and the book's build has a new version. "
-                        f"Replace yours (it is kept as {mine.stem}.mine.ipynb)? [y/N] ")
+                        f"Replace yours (it is kept as {kept.name})? [y/N] ")
             if ask is None or not ask(question):
-                say(f"kept your {mine} (the book's version: {new})")
+                say(f"{mine}: kept yours (the book's new version: {new})")
                 continue
-            shutil.copy2(mine, mine.with_name(f"{mine.stem}.mine.ipynb"))
+            shutil.copy2(mine, kept)
+            done = f"{mine}: the book's new version (yours is {kept})"
+        elif mine.exists():
+            done = f"{mine}: the book's new version (you had not changed it)"
         shutil.copy2(new, mine)
         state[new.name] = digest
-        say(f"{mine}: the book's version")
+        say(done)
     state_file.write_text(json.dumps(state, indent=1) + "\n")
 
 
