@@ -410,3 +410,14 @@ def test_sync_never_replaces_an_edited_copy_without_asking(tmp_path):
 def test_adjacent_roles():
     out, _ = convert("×{glue:text}`count:,`{glue:text}`word`")
     assert out == "×60,000smaller"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_notebook_needs_myst_nb(path):
+    """Colab has no myst_nb: a chapter glues through ``bnutils.verdict.glue``, which uses
+    myst_nb where it is installed (the build, make lab) and is harmless elsewhere."""
+    cells = json.loads(path.read_text())["cells"]
+    imports = [line for c in cells if c["cell_type"] == "code"
+               for line in L._text(c["source"]).split("\n")
+               if re.match(r"\s*(from myst_nb\b|import myst_nb\b)", line)]
+    assert imports == [], f"{path.name}: use `from bnutils.verdict import glue` instead"
