@@ -437,8 +437,9 @@ def test_notebook_runs_in_jupyterlab(lab, browser, notebook):
         assert done or notebook not in LIVE, \
             f"{notebook}: no completed progress bar rendered: {state['bars']}"
         for bar in done:
-            # tqdm's label: n/total [elapsed<remaining, rate] (its spaces are U+2007)
-            assert re.search(r"(\d+)/\1\s\[[\d:]+<[\d:]+,\s*[\d.]+\s?[a-z]+/s\]",
+            # tqdm's label: n/total [elapsed<remaining, rate] (its spaces are U+2007); the
+            # rate of a slow loop reads s/it
+            assert re.search(r"(\d+)/\1\s\[[\d:]+<[\d:]+,\s*[\d.]+\s?([a-z]+/s|s/[a-z]+)\]",
                              bar["label"]), bar
         # a loop that stopped early shows a red bar; none may be left unfinished
         unfinished = [b for b in state["bars"] if not re.search("success|danger", b["style"])]
