@@ -10,12 +10,14 @@ workspace folders) on copies of them; the system Chromium, driven by Playwright,
   ``<details>``, nothing of it visible), that its images and math render, that the
   code the web page hides is folded, and that no output of the build shows a folder of
   the machine that built it (a screenshot of each is kept);
-- ``RUN`` of them (``00_setup`` and chapter 3, in quick mode; ``BNBOOK_LAB_RUN=all``
-  runs every chapter, about N minutes), runs all cells, and checks through JupyterLab's
+- ``RUN`` of them (``00_setup`` and chapter 3, in quick mode, about 1.5 minutes;
+  ``BNBOOK_LAB_RUN=all`` runs every chapter: 18 minutes on a busy 2-core machine, so
+  ``make test`` leaves it out), runs all cells, and checks through JupyterLab's
   own state (its notebook model, the kernel's status) and the rendered page:
   every code cell ran and none has an error output (cells tagged ``raises-exception``
   excepted, as under nbval); each "Your turn" stub is still a stub: its checker says
-  "not implemented", not "passed"; the setup cell installed nothing (bnutils was
+  "not implemented", not "passed", and at the end its name still holds the stub (asked
+  of the kernel), so "Run all" ran no solution; the setup cell installed nothing (bnutils was
   importable; an install attempt would fail here, as the install source does not exist
   and pip may not use the index); every figure rendered (one loaded ``<img>`` per
   ``image/png`` output); a progress widget appeared and completed (a green bar, with
