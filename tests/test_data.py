@@ -478,5 +478,7 @@ def test_shown_path_hides_the_machines_folders(monkeypatch, tmp_path):
     assert data.shown_path("~/mnist") == "~/mnist"
     assert data.shown_path(repo / "_cache" / "mnist") == "_cache/mnist"
     assert data.shown_path(repo.parent / "shared" / "mnist") == "../shared/mnist"
+    if len(repo.parents) > 2:  # the repository two folders below a top folder
+        assert data.shown_path(repo.parents[1] / "shared") == "../../shared"
     assert data.shown_path("/usr/share/datasets/fashion-mnist") == \
         "/usr/share/datasets/fashion-mnist"  # a system folder, the same on every machine

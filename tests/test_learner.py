@@ -286,7 +286,8 @@ def test_learner_notebook_of_a_chapter():
     codes = [L._text(c["source"]) for c in cells if c["cell_type"] == "code"]
 
     # the note under the title; the setup cell points to the web page
-    assert text[0].startswith("# Chapter\n\n> Numbers from the build.\n\n## Overview")
+    assert text[0].startswith(f"# Chapter\n\n> Numbers from the build. {L.SOLUTIONS_NOTE}\n\n"
+                              "## Overview")
     assert codes[0].startswith("# This chapter on the web: https://example.org/book/notebooks/"
                                "02_x.html\nimport importlib.util")
     # the stub and its checker stay runnable, the solution's code does not run

@@ -690,10 +690,13 @@ def _add_note(cells, ctx):
     """The note under the title: where the numbers in the text come from."""
     if not ctx.note:
         return
+    note = ctx.note
+    if any("<summary>Solution" in _text(c["source"]) for c in cells):
+        note += " " + SOLUTIONS_NOTE
     for cell in cells:
         if cell["cell_type"] == "markdown":
             title, _, rest = _text(cell["source"]).partition("\n")
-            cell["source"] = f"{title}\n\n{_quote(ctx.note)}\n{rest}".rstrip("\n")
+            cell["source"] = f"{title}\n\n{_quote(note)}\n{rest}".rstrip("\n")
             return
 
 
@@ -889,9 +892,12 @@ def note(date, commit, mode, page):
     return (f"**Learner notebook.** The numbers in the text and the outputs below come "
             f"from the book's build of {date} (commit {commit}, {mode}). Running a cell "
             f"replaces its output with yours; the text keeps the book's numbers, which your "
-            f"run may not match to the last digit. Solutions are folded under their "
-            f"exercises: open one to read it, copy its code into a cell to run it. "
-            + (f"[This chapter on the web]({page})." if page else ""))
+            f"run may not match to the last digit."
+            + (f" [This chapter on the web]({page})." if page else ""))
+
+
+SOLUTIONS_NOTE = ("Solutions are folded under their exercises: open one to read it, copy "
+                  "its code into a cell to run it.")
 
 
 def write_learner_notebooks(app, exception):
