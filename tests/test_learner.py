@@ -345,6 +345,9 @@ def test_an_output_with_a_path_of_the_build_machine_is_flagged():
         code("print(cache)", outputs=[stream(f"loaded from {ROOT / '_cache'}\n")]))
     assert L.machine_paths(nb) == [(1, f"folder: {Path.home() / 'data'}"),
                                    (2, f"loaded from {ROOT / '_cache'}")]
+    beside = ROOT.parent / "shared" / "mnist"  # a data folder next to the repository
+    assert L.machine_paths(notebook(code("", outputs=[stream(f"{beside}\n../x\n")]))) \
+        == [(0, str(beside))]
 
 
 # ------------------------------------------------------------------ the book's chapters

@@ -740,9 +740,12 @@ def check_learner(nb, ctx):
 
 def machine_paths(nb, folders=None):
     """(cell index, line) of the outputs that show a folder of the machine that ran the
-    notebook (the repository, the home folder): the page and the learner should see
-    ``~/...`` or a path relative to the repository."""
-    folders = folders or [str(Path(__file__).resolve().parents[2]), str(Path.home())]
+    notebook: one under the top folder that holds the repository (``/work/``,
+    ``/home/``), or the home folder. The page and the learner should see ``~/...`` or a
+    path relative to the repository."""
+    root = Path(__file__).resolve().parents[2]
+    folders = folders or [f"/{root.parts[1]}/" if len(root.parts) > 1 else str(root),
+                          str(Path.home())]
     found = []
     for i, cell in enumerate(nb["cells"]):
         for output in cell.get("outputs", []):
