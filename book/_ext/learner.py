@@ -343,25 +343,9 @@ def _glue_role(name, body, ctx):
 
 
 def _format_plain(text, spec):
-    """The glue:text role's formatting, as myst_nb does it (its function when present)."""
-    try:
-        from myst_nb.core.variables import format_plain_text
-    except ImportError:  # the same steps as myst_nb 1.x
-        def format_plain_text(text, spec):
-            try:
-                value = ast.literal_eval(text)
-            except (SyntaxError, ValueError):
-                value = text
-            if spec == "":
-                return str(value)
-            kind = spec[-1]
-            if kind == "s":
-                value = str(value)
-            elif kind in "bcdoxX":
-                value = int(value)
-            elif kind in "eEfFgGn%":
-                value = float(value)
-            return format(value, spec)
+    """The glue:text role's formatting: myst_nb's own (the build has myst_nb)."""
+    from myst_nb.core.variables import format_plain_text
+
     return format_plain_text(text, spec)
 
 
