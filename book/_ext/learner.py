@@ -31,7 +31,6 @@ book/_ext/learner.py sync``), never replacing a copy the learner changed without
 
 from __future__ import annotations
 
-import ast
 import base64
 import copy
 import datetime
