@@ -112,13 +112,6 @@ def test_glue_roles_become_the_build_values(role, expected):
     assert out == f"Accuracy: {expected}, as measured." and warnings == []
 
 
-def test_glue_formatting_is_myst_nbs():
-    from myst_nb.core.variables import format_plain_text
-
-    for text, spec in [("0.12345", ".2%"), ("60000", ","), ("'a'", "s"), ("2.5", ".0f")]:
-        assert L._format_plain(text, spec) == format_plain_text(text, spec)
-
-
 def test_missing_glue_is_flagged_not_hidden():
     out, warnings = convert("{glue:text}`nothing:.2f` here")
     assert "nothing" in out and "not computed" in out
