@@ -30,6 +30,8 @@ from torch.nn import functional as F
 from .config import generator as make_generator
 from .config import progress as progress_bar
 from .models import ACTIVATIONS, PLACEMENTS, mlp, small_cnn
+from .norms import (BatchRenorm, GhostBatchNorm, GroupNorm, LayerNorm, NoisyBatchNorm1d,
+                    PartialBatchNorm)
 
 _ACTIVATION_FNS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 
@@ -187,9 +189,7 @@ class StackedMLP(nn.Module):
         """Hidden layer ``j``'s norm (if any) of the transposed ``h: (k, w, B)``."""
         if self._batch_norm_all:
             return self._batch_norm_t(h, j)
-        if self.norms:
-            return self.norms[j](h.transpose(1, 2)).transpose(1, 2)
-        return h
+        return self.norms[j](h) if self.norms else h
 
     def _running(self, j):
         """Layer ``j``'s running mean and variance, ``(k, h_j)`` each (plain BN)."""
@@ -251,15 +251,24 @@ def _plain_batch_norm(layers):
 
 
 class _StackedLayer(nn.Module):
-    """One layer of ``k`` nets: net ``i``'s own module, ``layers[i]``, applied to net
-    ``i``'s activations, with the parameters and buffers of all ``k`` stacked here,
-    ``(k, ...)`` under the module's own names ("." becomes "_"), so that
-    ``StackedSGD`` updates them with the rest and ``train_stacked`` can restore them."""
+    """One layer of ``k`` nets, net ``i``'s own module being ``layers[i]``, with the
+    parameters and buffers of all ``k`` stacked here, ``(k, ...)``, under the module's
+    own names ("." becomes "_"): ``StackedSGD`` updates them with the rest and
+    ``train_stacked`` restores a frozen net's.
+
+    The layers of ``bnutils.norms`` whose statistics are per feature over the batch, or
+    per example within one net's features, run side by side: one call of a layer
+    ``k`` times as wide (``_side_by_side``) on ``(B, k * w)``, net ``i``'s features in
+    block ``i``. Any other layer runs once per net, on that net's activations.
+    """
 
     def __init__(self, layers):
         super().__init__()
         self.layers = tuple(layers)  # not submodules: their tensors are the stacked ones
         first = self.layers[0]
+        if any(_tensors(m) != _tensors(first) for m in self.layers):
+            raise ValueError(f"norm must build layers with the same parameters and buffers "
+                             f"for every net, got {[_tensors(m) for m in self.layers]}")
         self.names = [name for name, _ in first.named_parameters()]
         self.names += [name for name, _ in first.named_buffers()]
         for name, p in first.named_parameters():
@@ -267,11 +276,26 @@ class _StackedLayer(nn.Module):
             self.register_parameter(_key(name), nn.Parameter(stacked, p.requires_grad))
         for name, _ in first.named_buffers():
             self.register_buffer(_key(name), torch.stack([m.get_buffer(name) for m in self.layers]))
+        self.__dict__["wide"] = _side_by_side(self.layers)  # not a submodule either
 
     def forward(self, h):
-        """``h: (k, B, w)`` -> ``(k, B, w)``."""
-        return torch.stack([functional_call(layer, self._state(i), (h[i],))
-                            for i, layer in enumerate(self.layers)])
+        """``h: (k, w, B)``, net ``i``'s activations in ``h[i]`` (``StackedMLP``'s
+        layout) -> the same layout."""
+        k, w, n = h.shape
+        if self.wide is None:
+            return torch.stack([functional_call(layer, self._state(i), (h[i].T,)).T
+                                for i, layer in enumerate(self.layers)])
+        state = {name: getattr(self, _key(name)) for name in self.names}
+        # a one-number buffer of each net (a step counter) is one number for the wide
+        # layer: the nets that still train count alike, and frozen nets are restored
+        counts = {name: t for name, t in state.items() if t.dim() == 1}
+        state = {name: t.max().clone() if name in counts else t.reshape(-1)
+                 for name, t in state.items()}
+        before = {name: state[name].clone() for name in counts}
+        y = functional_call(self.wide, state, (h.reshape(k * w, n).T,))
+        for name, t in counts.items():
+            t += state[name] - before[name]
+        return y.T.reshape(k, w, n)
 
     def _state(self, i):
         return {name: getattr(self, _key(name))[i] for name in self.names}
@@ -284,12 +308,70 @@ class _StackedLayer(nn.Module):
             tensors[name].copy_(value)
 
     def train(self, mode=True):
-        for layer in self.layers:
-            layer.train(mode)
+        for layer in (*self.layers, self.wide):
+            if layer is not None:
+                layer.train(mode)
         return super().train(mode)
 
     def extra_repr(self):
-        return f"k={len(self.layers)}, layer={self.layers[0]!r}"
+        return (f"k={len(self.layers)}, layer={self.layers[0]!r}, "
+                f"side_by_side={self.wide is not None}")
+
+
+def _tensors(layer):
+    """The names, shapes and ``requires_grad`` of a layer's parameters and buffers."""
+    return [(name, tuple(t.shape), t.requires_grad)
+            for name, t in (*layer.named_parameters(), *layer.named_buffers())]
+
+
+def _settings(layer):
+    """What a layer is besides its tensors: the class and the plain attributes (sizes,
+    ``eps``, switches) of it and its submodules."""
+    return [(name, type(m), {k: v for k, v in vars(m).items()
+                             if isinstance(v, (bool, int, float, str, tuple))})
+            for name, m in layer.named_modules()]
+
+
+def _side_by_side(layers):
+    """One module that computes the ``k`` layers side by side on ``(B, k * w)``, net
+    ``i``'s features in block ``i``, with their parameters and buffers concatenated;
+    ``None`` for a layer it does not know, or when the nets' layers differ in a
+    setting. Per-feature layers are the same layer made ``k`` times as wide; Group
+    Norm gets ``k`` times the groups, and Layer Norm becomes Group Norm with one
+    group per net."""
+    first, k = layers[0], len(layers)
+    if any(_settings(m) != _settings(first) for m in layers):
+        return None
+    kind = type(first)
+    if kind is LayerNorm and len(first.normalized_shape) == 1:
+        return GroupNorm(k, k * first.normalized_shape[0], first.eps)
+    if kind is NoisyBatchNorm1d:
+        return _NoisySideBySide(layers)
+    if kind not in (BatchRenorm, GhostBatchNorm, GroupNorm, PartialBatchNorm):
+        return None
+    wide = copy.deepcopy(first)
+    if kind is GroupNorm:
+        wide.num_groups, wide.num_channels = k * first.num_groups, k * first.num_channels
+    elif kind is not PartialBatchNorm:
+        wide.num_features = k * first.num_features
+    return wide
+
+
+class _NoisySideBySide(NoisyBatchNorm1d):
+    """``k`` nets' ``NoisyBatchNorm1d`` side by side: BN as one layer, each net's noise
+    drawn by its own layer (from its own generator)."""
+
+    def __init__(self, layers):
+        first = layers[0]
+        super().__init__(len(layers) * first.bn.num_features, first.a, first.v,
+                         first.per_example)
+        self.bn.eps, self.bn.momentum = first.bn.eps, first.bn.momentum
+        self.layers = tuple(layers)
+
+    def draw(self, shape):
+        n, w = shape[0], shape[1] // len(self.layers)
+        u, v, xi = zip(*[layer.draw((n, w)) for layer in self.layers], strict=True)
+        return torch.cat(u), torch.cat(v), torch.cat(xi, 1) if self.per_example else xi[0]
 
 
 def _key(name):

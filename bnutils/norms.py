@@ -260,11 +260,18 @@ class NoisyBatchNorm1d(nn.Module):
         y = self.bn(x)
         if not self.training:
             return y
-        d = y.shape[1]
-        mu = self.a * (2 * torch.rand(d, generator=self.g) - 1)
-        var = 1 + (self.v - 1) * torch.rand(d, generator=self.g)
-        mu, var = mu.to(y.device), var.to(y.device)
+        u, w, xi = (t.to(y.device) for t in self.draw(y.shape))
+        mu = self.a * (2 * u - 1)  # U(-a, a)
+        var = 1 + (self.v - 1) * w  # U(1, v)
         if not self.per_example:
             return var.sqrt() * y + mu
-        xi = torch.randn(y.shape, generator=self.g).to(y.device)
         return y + mu + (var - 1).sqrt() * xi
+
+    def draw(self, shape):
+        """This step's random numbers for ``y: shape = (N, D)``, from the layer's
+        generator: two ``U(0, 1)`` per activation and, with ``per_example``, an
+        ``N(0, 1)`` per value (else an empty tensor)."""
+        u = torch.rand(shape[1], generator=self.g)
+        w = torch.rand(shape[1], generator=self.g)
+        xi = torch.randn(shape, generator=self.g) if self.per_example else torch.empty(0)
+        return u, w, xi
