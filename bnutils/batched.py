@@ -1,20 +1,24 @@
 """Many small networks trained as one: stacked weights, one forward and backward pass.
 
-Used by notebooks 05 and 07. A sweep over learning rates, initial scales or seeds trains
-dozens of networks of one architecture. Trained one after another, a step of a Figure 1
-MLP at batch 60 spends about half its time outside its matrix products (Python, the
-optimizer, small kernels); stacked, the ``k`` networks share every one of those calls,
-and their products become one large product (``torch.bmm``) that more threads can
-split. ``benchmarks/batched.py`` measures the gain: about 2x on one thread for the MLPs
-of Figure 1, less for the CNN, whose time goes to convolutions either way.
+The one way the book trains several networks at once (notebooks 02, 05, 07, 08, 09;
+``bnutils.train.train`` stays the plain loop for one). A sweep over learning rates,
+initial scales, seeds or normalizations trains dozens of networks of one architecture.
+Trained one after another, a step of a Figure 1 MLP at batch 60 spends about half its
+time outside its matrix products (Python, the optimizer, small kernels); stacked, the
+``k`` networks share every one of those calls, and their products become one large
+product (``torch.bmm``) that more threads can split. ``benchmarks/batched.py`` measures
+the gain: about 2x on one thread for the MLPs of Figure 1, less for the CNN, whose time
+goes to convolutions either way.
 
 Each network stays exactly what it would be alone: network ``i`` of a ``StackedMLP``
 starts from the weights of ``bnutils.models.mlp`` built with seed ``seeds[i]``, its
-batch-norm statistics are computed over its own mini-batch, ``StackedSGD`` applies its
-own learning rate as ``torch.optim.SGD`` would, and ``train_stacked`` feeds it the
-mini-batches that ``bnutils.train.train`` would draw. Batched and one-by-one training
-agree to float32 rounding (``tests/test_batched.py``). Shapes: ``k`` networks,
-mini-batch ``B``; stacked parameters have ``k`` as their first dimension.
+normalization layer (any of them: BN, BN taken apart, ghost, noisy, Batch Renorm, Layer
+or Group Norm, before or after the nonlinearity) sees only its own activations,
+``StackedSGD`` applies its own learning rate as ``torch.optim.SGD`` would, and
+``train_stacked`` feeds it the mini-batches that ``bnutils.train.train`` would draw.
+Batched and one-by-one training agree to float32 rounding (``tests/test_batched.py``).
+Shapes: ``k`` networks, mini-batch ``B``; stacked parameters have ``k`` as their first
+dimension.
 """
 
 import copy
@@ -30,8 +34,14 @@ from torch.nn import functional as F
 from .config import generator as make_generator
 from .config import progress as progress_bar
 from .models import ACTIVATIONS, PLACEMENTS, mlp, small_cnn
-from .norms import (BatchRenorm, GhostBatchNorm, GroupNorm, LayerNorm, NoisyBatchNorm1d,
-                    PartialBatchNorm)
+from .norms import (
+    BatchRenorm,
+    GhostBatchNorm,
+    GroupNorm,
+    LayerNorm,
+    NoisyBatchNorm1d,
+    PartialBatchNorm,
+)
 
 _ACTIVATION_FNS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 
@@ -122,6 +132,10 @@ class StackedMLP(nn.Module):
         self._has_bias = [m.bias is not None for m in linears]
         # layer j of every net: (net 0's, net 1's, ...)
         layers = list(zip(*[[m for m in net if _is_norm(m)] for net in nets], strict=True))
+        for same in layers:
+            if any(_tensors(m) != _tensors(same[0]) for m in same):
+                raise ValueError(f"norm must build layers with the same parameters and "
+                                 f"buffers for every net, got {list(map(_tensors, same))}")
         self._batch_norm_all = bool(layers) and all(map(_plain_batch_norm, layers))
         if self._batch_norm_all:
             self.eps, self.momentum = layers[0][0].eps, layers[0][0].momentum
@@ -266,9 +280,6 @@ class _StackedLayer(nn.Module):
         super().__init__()
         self.layers = tuple(layers)  # not submodules: their tensors are the stacked ones
         first = self.layers[0]
-        if any(_tensors(m) != _tensors(first) for m in self.layers):
-            raise ValueError(f"norm must build layers with the same parameters and buffers "
-                             f"for every net, got {[_tensors(m) for m in self.layers]}")
         self.names = [name for name, _ in first.named_parameters()]
         self.names += [name for name, _ in first.named_buffers()]
         for name, p in first.named_parameters():

@@ -29,3 +29,19 @@ def test_guard_only_warns_in_quick_mode(monkeypatch):
     monkeypatch.setenv("BNBOOK_QUICK", "1")
     with pytest.warns(UserWarning, match="BN ends higher"):
         assert v.guard(np.bool_(False), "BN ends higher") is False
+
+
+def test_mean_sd_over_the_seeds():
+    mean, sd = v.mean_sd([[1.0, 2.0], [3.0, 6.0]])
+    assert mean.tolist() == [2.0, 4.0] and sd == pytest.approx([np.sqrt(2), np.sqrt(8)])
+    mean, sd = v.mean_sd([[1.0, 3.0], [2.0, 6.0]], axis=1)
+    assert mean.tolist() == [2.0, 4.0] and sd == pytest.approx([np.sqrt(2), np.sqrt(8)])
+
+
+def test_clearly_less_needs_separated_ranges():
+    assert v.clearly_less([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
+    assert not v.clearly_less([1.0, 1.5, 0.5], [2.0, 2.5, 1.5])  # 1.5 + ... overlaps
+    assert not v.clearly_less([2.0, 2.1, 1.9], [1.0, 1.1, 0.9])
+    # separated means, but one run's spread reaches the other's range
+    assert not v.clearly_less([1.0, 1.0, 1.0], [2.0, 1.0, 3.0])
+    assert not v.clearly_less([0.0, 1.0, 2.0], [2.0, 2.0, 2.0])
