@@ -240,14 +240,16 @@ class PartialBatchNorm(nn.Module):
 
 
 class NoisyBatchNorm1d(nn.Module):
-    """``nn.BatchNorm1d`` with the noise of Santurkar et al. on top, in training.
+    """``nn.BatchNorm1d`` and the noise of Santurkar et al. (notebook 08).
 
-    At every call, each activation ``k`` draws a shift ``mu_k ~ U(-a, a)`` and a
-    variance ``v_k ~ U(1, v)`` (notebook 08). ``per_example=False``: one affine map for
-    the batch, ``sqrt(v_k) * y + mu_k``; ``True``: independent noise for every example
-    and activation, ``y + mu_k + sqrt(v_k - 1) * xi`` with ``xi ~ N(0, 1)``: the same
-    shift of the mean and variance over the batch. The draws come from the layer's own
-    generator, seeded with ``seed``. In eval mode it is BN. ``x: (N, D)``.
+    In training, every call draws for each activation ``k`` a shift
+    ``mu_k ~ U(-a, a)`` and a variance ``var_k ~ U(1, v)``.
+    ``per_example=False``: one affine map per activation for the whole
+    batch, ``sqrt(var_k) * y + mu_k``. ``True``: independent noise for
+    every example and activation, ``y + mu_k + sqrt(var_k - 1) * xi`` with
+    ``xi ~ N(0, 1)``: the same shift of the mean and the same variance over
+    the batch. The draws come from the layer's own generator, seeded with
+    ``seed``; in eval mode the layer is BN. ``x: (N, D)``.
     """
 
     def __init__(self, num_features, a=1.0, v=4.0, per_example=False, seed=0):
@@ -268,10 +270,11 @@ class NoisyBatchNorm1d(nn.Module):
         return y + mu + (var - 1).sqrt() * xi
 
     def draw(self, shape):
-        """This step's random numbers for ``y: shape = (N, D)``, from the layer's
-        generator: two ``U(0, 1)`` per activation and, with ``per_example``, an
-        ``N(0, 1)`` per value (else an empty tensor)."""
+        """This step's random numbers for ``y`` of ``shape`` (N, D): two
+        U(0, 1) per activation and, with ``per_example``, an N(0, 1) per
+        value (else an empty tensor)."""
         u = torch.rand(shape[1], generator=self.g)
         w = torch.rand(shape[1], generator=self.g)
-        xi = torch.randn(shape, generator=self.g) if self.per_example else torch.empty(0)
-        return u, w, xi
+        if not self.per_example:
+            return u, w, torch.empty(0)
+        return u, w, torch.randn(shape, generator=self.g)
