@@ -296,16 +296,16 @@ class _StackedLayer(nn.Module):
         if self.wide is None:
             return torch.stack([functional_call(layer, self._state(i), (h[i].T,)).T
                                 for i, layer in enumerate(self.layers)])
-        state = {name: getattr(self, _key(name)) for name in self.names}
         # a one-number buffer of each net (a step counter) is one number for the wide
-        # layer: the nets that still train count alike, and frozen nets are restored
-        counts = {name: t for name, t in state.items() if t.dim() == 1}
-        state = {name: t.max().clone() if name in counts else t.reshape(-1)
-                 for name, t in state.items()}
-        before = {name: state[name].clone() for name in counts}
+        # layer: the nets that still train count alike (train_stacked restores the
+        # frozen nets' buffers after each step)
+        stacked = {name: getattr(self, _key(name)) for name in self.names}
+        state = {name: t.max() if t.dim() == 1 else t.view(-1)
+                 for name, t in stacked.items()}
         y = functional_call(self.wide, state, (h.reshape(k * w, n).T,))
-        for name, t in counts.items():
-            t += state[name] - before[name]
+        for name, t in stacked.items():
+            if t.dim() == 1:
+                t.fill_(state[name])
         return y.T.reshape(k, w, n)
 
     def _state(self, i):
