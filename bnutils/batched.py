@@ -84,9 +84,11 @@ class StackedMLP(nn.Module):
     ``lambda d: norms.GroupNorm(10, d)``, ``partial(norms.PartialBatchNorm,
     center=False)``, ``norms.NoisyBatchNorm1d``, ...). It is called for net 0's layers,
     then net 1's, and so on, as if the nets were built one after another. Plain
-    ``nn.BatchNorm1d`` layers run as one ``F.batch_norm`` for all nets; any other layer
-    runs once per net, as net ``i``'s own module (its code, its generator) on net
-    ``i``'s activations, with its parameters and buffers stacked in ``norms``.
+    ``nn.BatchNorm1d`` layers run as one ``F.batch_norm`` for all nets; the layers of
+    ``bnutils.norms`` run side by side, as one layer ``k`` times as wide; any other
+    layer runs once per net, as net ``i``'s own module on net ``i``'s activations. Net
+    ``i``'s layers keep what is theirs (a noisy layer its generator); their parameters
+    and buffers are stacked in ``norms``.
 
     ``init_std``: a float or ``k`` floats. Net ``i`` starts from exactly the weights of
     ``mlp(..., init_std=init_std[i], generator=bnutils.generator(seeds[i]))``;
