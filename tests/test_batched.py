@@ -306,6 +306,10 @@ def test_bad_input_gives_clear_errors(mnist):
     sizes = iter([4, 5])  # net 1's layer would have another size
     with pytest.raises(ValueError, match="same parameters and buffers for every net"):
         StackedMLP(2, hidden=(4,), norm=lambda d: nn.BatchNorm1d(next(sizes)))
+    learns = iter([True, False])  # net 1's gamma would not learn
+    with pytest.raises(ValueError, match="same parameters and buffers for every net"):
+        StackedMLP(2, hidden=(4,),
+                   norm=lambda d: norms.PartialBatchNorm(d, learn_gamma=next(learns)))
     model = StackedMLP(3, hidden=(8,))
     with pytest.raises(ValueError, match="lr must be one number or k=3"):
         train_stacked(model, x, y, 5, [0.1, 0.2], progress=False)
@@ -338,9 +342,17 @@ def test_moves_to_another_device_with_its_buffers():
 
 
 def _noisy(per_example):
-    """A factory whose layers are seeded in the order they are built (as chapter 8's)."""
+    """A factory whose layers are seeded in the order they are built (as chapter 8's);
+    not the default settings, so that a stack that drops one shows."""
     seeds = itertools.count(100)
-    return lambda d: norms.NoisyBatchNorm1d(d, per_example=per_example, seed=next(seeds))
+
+    def layer(d):
+        noisy = norms.NoisyBatchNorm1d(d, a=0.5, v=3.0, per_example=per_example,
+                                       seed=next(seeds))
+        noisy.bn.eps, noisy.bn.momentum = 1e-3, 0.3
+        return noisy
+
+    return layer
 
 
 class _Shift(nn.Module):
@@ -372,7 +384,7 @@ NORMS = {
     "noisy per activation": (lambda: _noisy(True), "before"),
     "batch renorm": (lambda: partial(norms.BatchRenorm, momentum=0.3, warmup=3, ramp=5,
                                      r_max=1.5, d_max=0.5), "before"),
-    "layer norm": (lambda: norms.LayerNorm, "before"),
+    "layer norm": (lambda: partial(norms.LayerNorm, eps=1e-3), "before"),
     "group norm": (lambda: partial(norms.GroupNorm, 4), "before"),
     "torch layer norm": (lambda: nn.LayerNorm, "before"),
     "a layer of ours": (lambda: _Shift, "before"),
@@ -525,6 +537,16 @@ def test_accuracy_of_a_batch_statistics_norm_uses_the_whole_set_as_one_batch(mni
             logits = model.net(i)(x)
         assert acc[i] == (logits.argmax(1) == y).double().mean().item()
     assert accuracy(model, x, y, batch_size=100).tolist() != acc.tolist()
+
+
+def test_repr_says_what_the_stack_is():
+    text = repr(_stack("group norm", torch.float32))
+    assert "k=3, sizes=(784, 16, 12, 10), activation='sigmoid'" in text
+    assert "placement='before'" in text and "side_by_side=True" in text
+    assert "GroupNorm" in text and "k=3" in text
+    assert "placement='after'" in repr(_stack("bn after", torch.float32))
+    cnn = repr(StackedCNN(2, norm="bn", dropout=0.1, widths=(4, 8)))
+    assert "k=2, widths=(4, 8), norm='bn', activation='relu', dropout=0.1" in cnn
 
 
 def test_net_i_is_a_copy():
