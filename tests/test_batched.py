@@ -489,6 +489,10 @@ def test_norm_layers_run_side_by_side_or_per_net():
     model = StackedMLP(2, hidden=(8,), norm=lambda d: norms.GroupNorm(next(groups), d))
     assert model.norms[0].wide is None
     assert [model.net(i)[1].num_groups for i in range(2)] == [2, 4]
+    x = torch.randn(5, 784)
+    with torch.no_grad():
+        for i, logits in enumerate(model(x)):  # each net through its own layer
+            torch.testing.assert_close(logits, model.net(i)(x))
     assert model.norms[0].gamma.shape == (2, 8) and model.norms[0].gamma.requires_grad
 
 
