@@ -13,7 +13,11 @@ machine gains). Goal (issue 12): >= 2x for the Figure 1 MLPs on 2 cores.
 Cases: K = 8 and 24 Figure-1 MLPs (784-100-100-100-10, sigmoid, batch 60) without and
 with BN, every net on the same batches (a learning-rate or init-scale sweep); K = 24
 BN MLPs with one data order per net (a seed sweep); K = 8 ``small_cnn`` with BN
-(batch 64, momentum 0.9, weight decay, as ``figure3`` trains them).
+(batch 64, momentum 0.9, weight decay, as ``figure3`` trains them). The networks of
+chapters 8 and 9, whose norm layer runs once per net or side by side: chapter 8's
+learning-rate sweep, K = 5 Figure-1 MLPs with BN and per-activation noise
+(``norms.NoisyBatchNorm1d``); chapter 9's seeds, K = 3 ReLU MLPs 784-100-100-10 with
+Group Norm (10 groups), batch 8, momentum 0.9, one data order per net.
 
     python benchmarks/batched.py                 # ~10 min on 2 cores
     python benchmarks/batched.py --repeats 1     # a shorter measurement
@@ -22,6 +26,7 @@ BN MLPs with one data order per net (a seed sweep); K = 8 ``small_cnn`` with BN
 """
 
 import argparse
+import itertools
 import os
 import time
 
@@ -29,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnutils import data, generator, models, set_seed, train
+from bnutils import data, generator, models, norms, set_seed, train
 from bnutils.batched import StackedCNN, StackedMLP, train_stacked
 from bnutils.config import device
 
@@ -41,19 +46,43 @@ CASES = [
     ("MLP", 24, "bn", "shared"),
     ("MLP", 24, "bn", "per-net"),
     ("CNN", 8, "bn", "shared"),
+    ("MLP", 5, "noisy", "shared"),
+    ("MLP", 3, "group norm", "per-net"),
 ]
-QUICK_CASES = [("MLP", 2, "bn", "per-net"), ("CNN", 2, "bn", "shared")]
+QUICK_CASES = [("MLP", 2, "bn", "per-net"), ("CNN", 2, "bn", "shared"),
+               ("MLP", 2, "noisy", "shared")]
+
+
+def _noisy():
+    """Chapter 8's layers: BN, then noise per activation, each layer its own seed."""
+    seeds = itertools.count()
+    return lambda d: norms.NoisyBatchNorm1d(d, per_example=True, seed=next(seeds))
+
+
+# the MLPs by their norm: models.mlp's arguments (the norm as a function returning a
+# fresh factory), and how they train
+MLPS = {
+    "plain": (dict(norm=lambda: None), dict(lr=0.5, batch_size=60)),
+    "bn": (dict(norm=lambda: nn.BatchNorm1d), dict(lr=0.5, batch_size=60)),
+    "noisy": (dict(norm=_noisy), dict(lr=0.5, batch_size=60)),
+    "group norm": (dict(norm=lambda: lambda d: norms.GroupNorm(10, d), hidden=(100, 100),
+                        activation="relu"), dict(lr=0.01, batch_size=8, momentum=0.9)),
+}
 
 
 def one_by_one(kind, k, norm, order, x, y, steps):
     """Train ``k`` nets one after another, the plain way."""
+    factory = MLPS[norm][0]["norm"]() if kind == "MLP" else None
     for i in range(k):
         seed = i if order == "per-net" else 0
         if kind == "MLP":
-            net = models.mlp(norm=nn.BatchNorm1d if norm == "bn" else None, init_std=0.05,
+            shape, how = MLPS[norm]
+            net = models.mlp(**{**shape, "norm": factory}, init_std=0.05,
                              generator=generator(i)).to(x.device)
-            opt = torch.optim.SGD(net.parameters(), lr=0.5)
-            train.train(net, opt, x, y, steps, batch_size=60, seed=seed, progress=False)
+            opt = torch.optim.SGD(net.parameters(), lr=how["lr"],
+                                  momentum=how.get("momentum", 0.0))
+            train.train(net, opt, x, y, steps, batch_size=how["batch_size"], seed=seed,
+                        progress=False)
         else:
             set_seed(i)
             net = models.small_cnn(norm="bn" if norm == "bn" else None).to(x.device)
@@ -65,9 +94,10 @@ def stacked(kind, k, norm, order, x, y, steps):
     """Train the same ``k`` nets as one."""
     seeds = None if order == "per-net" else 0
     if kind == "MLP":
-        model = StackedMLP(k, norm=norm == "bn", init_std=0.05).to(x.device)
-        train_stacked(model, x, y, steps, 0.5, batch_size=60, data_seeds=seeds,
-                      progress=False)
+        shape, how = MLPS[norm]
+        model = StackedMLP(k, **{**shape, "norm": shape["norm"]()}, init_std=0.05).to(x.device)
+        train_stacked(model, x, y, steps, how["lr"], batch_size=how["batch_size"],
+                      momentum=how.get("momentum", 0.0), data_seeds=seeds, progress=False)
     else:
         model = StackedCNN(k, norm="bn" if norm == "bn" else None).to(x.device)
         train_stacked(model, x, y, steps, 0.1, batch_size=64, momentum=0.9,
@@ -96,9 +126,13 @@ def measure(case, tensors, steps, repeats, threads):
     return times
 
 
+NAMES = {"plain": "no BN", "bn": "BN", "noisy": "BN + noise (chapter 8)",
+         "group norm": "Group Norm (chapter 9)"}
+
+
 def report(case, times, threads):
     kind, k, norm, order = case
-    print(f"\nK={k} {kind}s, {'BN' if norm == 'bn' else 'no BN'}, "
+    print(f"\nK={k} {kind}s, {NAMES[norm]}, "
           f"{'one data order per net' if order == 'per-net' else 'shared batches'}:")
     for name, (wall, cpu) in times.items():
         print(f"  {name:>22}: {1 / wall.min():8.0f} net-steps/s, "

@@ -1,33 +1,47 @@
 """Many small networks trained as one: stacked weights, one forward and backward pass.
 
-Used by notebooks 05 and 07. A sweep over learning rates, initial scales or seeds trains
-dozens of networks of one architecture. Trained one after another, a step of a Figure 1
-MLP at batch 60 spends about half its time outside its matrix products (Python, the
-optimizer, small kernels); stacked, the ``k`` networks share every one of those calls,
-and their products become one large product (``torch.bmm``) that more threads can
-split. ``benchmarks/batched.py`` measures the gain: about 2x on one thread for the MLPs
-of Figure 1, less for the CNN, whose time goes to convolutions either way.
+The one way the book trains several networks at once (notebooks 02, 05, 07, 08, 09;
+``bnutils.train.train`` stays the plain loop for one). A sweep over learning rates,
+initial scales, seeds or normalizations trains dozens of networks of one architecture.
+Trained one after another, a step of a Figure 1 MLP at batch 60 spends about half its
+time outside its matrix products (Python, the optimizer, small kernels); stacked, the
+``k`` networks share every one of those calls, and their products become one large
+product (``torch.bmm``) that more threads can split. ``benchmarks/batched.py`` measures
+the gain: about 2x on one thread for the MLPs of Figure 1, less for the CNN, whose time
+goes to convolutions either way.
 
 Each network stays exactly what it would be alone: network ``i`` of a ``StackedMLP``
 starts from the weights of ``bnutils.models.mlp`` built with seed ``seeds[i]``, its
-batch-norm statistics are computed over its own mini-batch, ``StackedSGD`` applies its
-own learning rate as ``torch.optim.SGD`` would, and ``train_stacked`` feeds it the
-mini-batches that ``bnutils.train.train`` would draw. Batched and one-by-one training
-agree to float32 rounding (``tests/test_batched.py``). Shapes: ``k`` networks,
-mini-batch ``B``; stacked parameters have ``k`` as their first dimension.
+normalization layer (any of them: BN, BN taken apart, ghost, noisy, Batch Renorm, Layer
+or Group Norm, before or after the nonlinearity) sees only its own activations,
+``StackedSGD`` applies its own learning rate as ``torch.optim.SGD`` would, and
+``train_stacked`` feeds it the mini-batches that ``bnutils.train.train`` would draw.
+Batched and one-by-one training agree to float32 rounding (``tests/test_batched.py``).
+Shapes: ``k`` networks, mini-batch ``B``; stacked parameters have ``k`` as their first
+dimension.
 """
 
+import copy
 import math
 from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn import functional as F
 
 from .config import generator as make_generator
 from .config import progress as progress_bar
-from .models import ACTIVATIONS, mlp, small_cnn
+from .models import ACTIVATIONS, PLACEMENTS, mlp, small_cnn
+from .norms import (
+    BatchRenorm,
+    GhostBatchNorm,
+    GroupNorm,
+    LayerNorm,
+    NoisyBatchNorm1d,
+    PartialBatchNorm,
+)
 
 _ACTIVATION_FNS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 
@@ -58,55 +72,90 @@ def _check_k(k):
 class StackedMLP(nn.Module):
     """``k`` independent MLPs of one architecture, stored and run as one.
 
-    Each is ``bnutils.models.mlp(in_features, hidden, out_features, activation, norm)``:
-    ``[Linear -> (BN) -> activation] * len(hidden) -> Linear``; ``norm=True`` puts batch
-    norm before every hidden activation and drops the bias of the layer before it.
+    Net ``i`` is ``bnutils.models.mlp(in_features, hidden, out_features, activation,
+    norm, placement=placement)``: ``[Linear -> (norm) -> activation] * len(hidden) ->
+    Linear``, or ``[Linear -> activation -> norm]`` per hidden layer with
+    ``placement="after"``.
+
+    ``norm``: what normalizes each hidden layer, the one argument in which the
+    chapters' variants differ. ``False`` (or ``None``): nothing; ``True``:
+    ``nn.BatchNorm1d(eps=eps, momentum=momentum)``; or any callable ``num_features ->
+    nn.Module`` that ``models.mlp`` takes (``nn.BatchNorm1d``, ``norms.LayerNorm``,
+    ``lambda d: norms.GroupNorm(10, d)``, ``partial(norms.PartialBatchNorm,
+    center=False)``, ``norms.NoisyBatchNorm1d``, ...). It is called for net 0's layers,
+    then net 1's, and so on, as if the nets were built one after another. Plain
+    ``nn.BatchNorm1d`` layers run as one ``F.batch_norm`` for all nets; the layers of
+    ``bnutils.norms`` run side by side, as one layer ``k`` times as wide; any other
+    layer runs once per net, as net ``i``'s own module on net ``i``'s activations. Net
+    ``i``'s layers keep what is theirs (a noisy layer its generator); their parameters
+    and buffers are stacked in ``norms``.
 
     ``init_std``: a float or ``k`` floats. Net ``i`` starts from exactly the weights of
     ``mlp(..., init_std=init_std[i], generator=bnutils.generator(seeds[i]))``;
     ``init_std=None`` keeps PyTorch's default init, drawn after
     ``torch.manual_seed(seeds[i])``. The global generator is left as it was.
-    ``eps``, ``momentum``: as in ``nn.BatchNorm1d`` (running statistics
-    ``(1 - momentum) * running + momentum * batch``, the batch variance unbiased).
+    ``eps``, ``momentum``: of ``norm=True``, as in ``nn.BatchNorm1d`` (running
+    statistics ``(1 - momentum) * running + momentum * batch``, the batch variance
+    unbiased).
 
-    Parameters: ``weights[j]: (k, out_j, in_j)``, ``biases[j]: (k, out_j)`` (only the
-    last layer's with ``norm``), and with ``norm`` ``gamma[j]``, ``beta[j]: (k, h_j)``
-    and buffers ``running_mean_j``, ``running_var_j: (k, h_j)``,
-    ``num_batches_tracked: (k,)``.
+    Parameters: ``weights[j]: (k, out_j, in_j)``, ``biases[j]: (k, out_j)`` (the layers
+    that have one). Plain BN: ``gamma[j]``, ``beta[j]: (k, h_j)`` and buffers
+    ``running_mean_j``, ``running_var_j: (k, h_j)``, ``num_batches_tracked: (k,)``.
+    Any other norm: ``norms[j]`` holds layer ``j``'s parameters and buffers under their
+    names in the single layer, stacked: ``norms[j].gamma: (k, h_j)`` and so on.
     """
 
     def __init__(self, k, in_features=784, hidden=(100, 100, 100), out_features=10,
                  activation="sigmoid", norm=False, init_std=0.05, seeds=None, eps=1e-5,
-                 momentum=0.1):
+                 momentum=0.1, placement="before"):
         super().__init__()
         self.k = _check_k(k)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
                              f"got {activation!r}")
-        if not isinstance(norm, bool):
-            raise ValueError(f"norm must be True or False, got {norm!r}")
+        if not (norm is None or isinstance(norm, bool) or callable(norm)):
+            raise ValueError(f"norm must be True, False or a callable num_features -> "
+                             f"module, got {norm!r}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
         self.in_features, self.hidden = in_features, tuple(hidden)
-        self.out_features, self.activation, self.norm = out_features, activation, norm
+        self.out_features, self.activation = out_features, activation
+        self.norm, self.placement = norm or False, placement
+        self._factory = (partial(nn.BatchNorm1d, eps=eps, momentum=momentum) if norm is True
+                         else norm or None)
         self.eps, self.momentum = eps, momentum
         self.seeds = _seeds(seeds, self.k)
         self.init_std = None if init_std is None else _per_net(init_std, self.k, "init_std")
 
         nets = [self._make_net(i) for i in range(self.k)]
+        linears = [m for m in nets[0] if isinstance(m, nn.Linear)]
         self.weights = _stack(nets, nn.Linear, "weight")
-        self.biases = _stack(nets, nn.Linear, "bias")  # the last layer's only, with BN
-        self.gamma = _stack(nets, nn.BatchNorm1d, "weight")
-        self.beta = _stack(nets, nn.BatchNorm1d, "bias")
-        for j, h in enumerate(self.hidden if norm else ()):
-            self.register_buffer(f"running_mean_{j}", torch.zeros(self.k, h))
-            self.register_buffer(f"running_var_{j}", torch.ones(self.k, h))
-        if norm:
+        self.biases = _stack(nets, nn.Linear, "bias")
+        self._has_bias = [m.bias is not None for m in linears]
+        # layer j of every net: (net 0's, net 1's, ...)
+        layers = list(zip(*[[m for m in net if _is_norm(m)] for net in nets], strict=True))
+        for same in layers:
+            if any(_tensors(m) != _tensors(same[0]) for m in same):
+                raise ValueError(f"norm must build layers with the same parameters and "
+                                 f"buffers for every net, got {list(map(_tensors, same))}")
+        self._batch_norm_all = bool(layers) and all(map(_plain_batch_norm, layers))
+        if self._batch_norm_all:
+            self.eps, self.momentum = layers[0][0].eps, layers[0][0].momentum
+        self.norms = nn.ModuleList(() if self._batch_norm_all else map(_StackedLayer, layers))
+        bn = nets if self._batch_norm_all else []
+        self.gamma = _stack(bn, nn.BatchNorm1d, "weight")
+        self.beta = _stack(bn, nn.BatchNorm1d, "bias")
+        for j, same in enumerate(layers if self._batch_norm_all else ()):
+            self.register_buffer(f"running_mean_{j}", torch.stack([m.running_mean for m in same]))
+            self.register_buffer(f"running_var_{j}", torch.stack([m.running_var for m in same]))
+        if self._batch_norm_all:
             self.register_buffer("num_batches_tracked", torch.zeros(self.k, dtype=torch.long))
 
-    def _make_net(self, i):
-        """Net ``i`` as ``models.mlp`` builds it, with its initial weights."""
-        norm = partial(nn.BatchNorm1d, eps=self.eps, momentum=self.momentum) if self.norm else None
+    def _make_net(self, i, norm=None):
+        """Net ``i`` as ``models.mlp`` builds it, with its initial weights (and
+        ``norm`` in place of the factory, if given)."""
         build = partial(mlp, self.in_features, self.hidden, self.out_features,
-                        self.activation, norm)
+                        self.activation, norm or self._factory, placement=self.placement)
         # nn.Linear draws a default init from the global generator even when init_std
         # then overwrites it: fork it, so that building k nets leaves it as it was
         with torch.random.fork_rng(devices=[]):
@@ -121,37 +170,45 @@ class StackedMLP(nn.Module):
 
         ``x``: ``(B, in_features)``, the same mini-batch for all nets, or
         ``(k, B, in_features)``, one per net. With ``return_hidden=True`` also returns a
-        list with the input of each hidden layer's activation, ``(k, B, h_j)`` (after BN
-        when ``norm``).
+        list with the input of each hidden layer's activation, ``(k, B, h_j)`` (after
+        the norm when it comes before the activation).
         """
         shared = _check_input(x, self.k, (self.in_features,))
-        if self.training and self.norm:
+        if self.training and self._batch_norm_all:
             self.num_batches_tracked += 1
         # Inside, activations are transposed, h: (k, width, B), so that a layer is
         # W @ h and BN's statistics are over the last axis of a contiguous tensor.
         n = x.shape[-2]
         hidden, bias, h = [], iter(self.biases), x.transpose(-1, -2)
         act = _ACTIVATION_FNS[self.activation]
+        before = self.placement == "before"
         for j, weight in enumerate(self.weights):
-            last = j == len(self.weights) - 1
-            b = None if (self.norm and not last) else next(bias)
+            b = next(bias) if self._has_bias[j] else None
             if shared:  # one matrix product for all nets: (k * out, in) @ (in, B)
                 w = weight.reshape(-1, weight.shape[2])
                 h = w @ h if b is None else torch.addmm(b.reshape(-1, 1), w, h)
                 h = h.view(self.k, -1, n)
             else:  # (k, out, in) @ (k, in, B)
                 h = torch.bmm(weight, h) if b is None else torch.baddbmm(b.unsqueeze(2), weight, h)
-            if last:
+            if j == len(self.weights) - 1:
                 break
-            if self.norm:
-                h = self._batch_norm_t(h, j)
+            if before:
+                h = self._normalize(h, j)
             hidden.append(h.transpose(1, 2))
             h, shared = act(h), False
+            if not before:
+                h = self._normalize(h, j)
         logits = h.transpose(1, 2)
         return (logits, hidden) if return_hidden else logits
 
+    def _normalize(self, h, j):
+        """Hidden layer ``j``'s norm (if any) of the transposed ``h: (k, w, B)``."""
+        if self._batch_norm_all:
+            return self._batch_norm_t(h, j)
+        return self.norms[j](h) if self.norms else h
+
     def _running(self, j):
-        """Layer ``j``'s running mean and variance, ``(k, h_j)`` each."""
+        """Layer ``j``'s running mean and variance, ``(k, h_j)`` each (plain BN)."""
         return _running(self, j)
 
     def _batch_norm(self, h, j):
@@ -172,22 +229,166 @@ class StackedMLP(nn.Module):
     @torch.no_grad()
     def net(self, i):
         """Net ``i`` as a new ``models.mlp`` ``nn.Sequential`` (a copy, on this device
-        and in this dtype), with its current parameters and buffers and this stack's
-        train/eval mode."""
-        net = self._make_net(i).to(self.weights[0].device, self.weights[0].dtype)
+        and in this dtype), with its current parameters, buffers and norm layers and
+        this stack's train/eval mode."""
+        copies = iter([copy.deepcopy(layer.layers[i]) for layer in self.norms])
+        net = self._make_net(i, (lambda d: next(copies)) if self.norms else None)
+        net = net.to(self.weights[0].device, self.weights[0].dtype)
         linears = [m for m in net if isinstance(m, nn.Linear)]
-        norms = [m for m in net if isinstance(m, nn.BatchNorm1d)]
         biases = iter(self.biases)
         for layer, weight in zip(linears, self.weights, strict=True):
             layer.weight.copy_(weight[i])
             if layer.bias is not None:
                 layer.bias.copy_(next(biases)[i])
-        _copy_norms(self, norms, i)
+        norms = [m for m in net if _is_norm(m)]
+        if self._batch_norm_all:
+            _copy_norms(self, norms, i)
+        for layer, stacked in zip(norms, self.norms, strict=False):
+            stacked.copy_into(layer, i)
         return net.train(self.training)
 
     def extra_repr(self):
         return (f"k={self.k}, sizes={(self.in_features, *self.hidden, self.out_features)}, "
-                f"activation={self.activation!r}, norm={self.norm}")
+                f"activation={self.activation!r}, norm={self.norm}, "
+                f"placement={self.placement!r}")
+
+
+def _is_norm(module):
+    """Whether a layer of ``models.mlp`` is its norm (not a linear layer or activation)."""
+    return not isinstance(module, (nn.Linear, *ACTIVATIONS.values()))
+
+
+def _plain_batch_norm(layers):
+    """Whether ``layers`` (one per net) are ``nn.BatchNorm1d`` with running statistics
+    and one ``eps`` and ``momentum``: then one ``F.batch_norm`` computes them all."""
+    return all(type(m) is nn.BatchNorm1d and m.affine and m.track_running_stats
+               and m.momentum is not None for m in layers) and len(
+        {(m.eps, m.momentum) for m in layers}) == 1
+
+
+class _StackedLayer(nn.Module):
+    """One layer of ``k`` nets, net ``i``'s own module being ``layers[i]``, with the
+    parameters and buffers of all ``k`` stacked here, ``(k, ...)``, under the module's
+    own names ("." becomes "_"): ``StackedSGD`` updates them with the rest and
+    ``train_stacked`` restores a frozen net's.
+
+    The layers of ``bnutils.norms`` whose statistics are per feature over the batch, or
+    per example within one net's features, run side by side: one call of a layer
+    ``k`` times as wide (``_side_by_side``) on ``(B, k * w)``, net ``i``'s features in
+    block ``i``. Any other layer runs once per net, on that net's activations.
+    """
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = tuple(layers)  # not submodules: their tensors are the stacked ones
+        first = self.layers[0]
+        self.names = [name for name, _ in first.named_parameters()]
+        self.names += [name for name, _ in first.named_buffers()]
+        for name, p in first.named_parameters():
+            stacked = torch.stack([m.get_parameter(name).detach() for m in self.layers])
+            self.register_parameter(_key(name), nn.Parameter(stacked, p.requires_grad))
+        for name, _ in first.named_buffers():
+            self.register_buffer(_key(name), torch.stack([m.get_buffer(name) for m in self.layers]))
+        self.__dict__["wide"] = _side_by_side(self.layers)  # not a submodule either
+
+    def forward(self, h):
+        """``h: (k, w, B)``, net ``i``'s activations in ``h[i]`` (``StackedMLP``'s
+        layout) -> the same layout."""
+        k, w, n = h.shape
+        if self.wide is None:
+            return torch.stack([functional_call(layer, self._state(i), (h[i].T,)).T
+                                for i, layer in enumerate(self.layers)])
+        # a one-number buffer of each net (a step counter) is one number for the wide
+        # layer: the nets that still train count alike (train_stacked restores the
+        # frozen nets' buffers after each step)
+        stacked = {name: getattr(self, _key(name)) for name in self.names}
+        state = {name: t.max() if t.dim() == 1 else t.view(-1)
+                 for name, t in stacked.items()}
+        y = functional_call(self.wide, state, (h.reshape(k * w, n).T,))
+        for name, t in stacked.items():
+            if t.dim() == 1:
+                t.fill_(state[name])
+        return y.T.reshape(k, w, n)
+
+    def _state(self, i):
+        return {name: getattr(self, _key(name))[i] for name in self.names}
+
+    def copy_into(self, layer, i):
+        """Copy net ``i``'s parameters and buffers into ``layer``, a module like
+        ``layers[i]``."""
+        tensors = dict(layer.named_parameters()) | dict(layer.named_buffers())
+        for name, value in self._state(i).items():
+            tensors[name].copy_(value)
+
+    def train(self, mode=True):
+        for layer in (*self.layers, self.wide):
+            if layer is not None:
+                layer.train(mode)
+        return super().train(mode)
+
+    def extra_repr(self):
+        return (f"k={len(self.layers)}, layer={self.layers[0]!r}, "
+                f"side_by_side={self.wide is not None}")
+
+
+def _tensors(layer):
+    """The names, shapes and ``requires_grad`` of a layer's parameters and buffers."""
+    return [(name, tuple(t.shape), t.requires_grad)
+            for name, t in (*layer.named_parameters(), *layer.named_buffers())]
+
+
+def _settings(layer):
+    """What a layer is besides its tensors: the class and the plain attributes (sizes,
+    ``eps``, switches) of it and its submodules."""
+    return [(name, type(m), {k: v for k, v in vars(m).items()
+                             if isinstance(v, (bool, int, float, str, tuple))})
+            for name, m in layer.named_modules()]
+
+
+def _side_by_side(layers):
+    """One module that computes the ``k`` layers side by side on ``(B, k * w)``, net
+    ``i``'s features in block ``i``, with their parameters and buffers concatenated;
+    ``None`` for a layer it does not know, or when the nets' layers differ in a
+    setting. Per-feature layers are the same layer made ``k`` times as wide; Group
+    Norm gets ``k`` times the groups, and Layer Norm becomes Group Norm with one
+    group per net."""
+    first, k = layers[0], len(layers)
+    if any(_settings(m) != _settings(first) for m in layers):
+        return None
+    kind = type(first)
+    if kind is LayerNorm and len(first.normalized_shape) == 1:
+        return GroupNorm(k, k * first.normalized_shape[0], first.eps)
+    if kind is NoisyBatchNorm1d:
+        return _NoisySideBySide(layers)
+    if kind not in (BatchRenorm, GhostBatchNorm, GroupNorm, PartialBatchNorm):
+        return None
+    wide = copy.deepcopy(first)
+    if kind is GroupNorm:
+        wide.num_groups, wide.num_channels = k * first.num_groups, k * first.num_channels
+    elif kind is not PartialBatchNorm:
+        wide.num_features = k * first.num_features
+    return wide
+
+
+class _NoisySideBySide(NoisyBatchNorm1d):
+    """``k`` nets' ``NoisyBatchNorm1d`` side by side: BN as one layer, each net's noise
+    drawn by its own layer (from its own generator)."""
+
+    def __init__(self, layers):
+        first = layers[0]
+        super().__init__(len(layers) * first.bn.num_features, first.a, first.v,
+                         first.per_example)
+        self.bn.eps, self.bn.momentum = first.bn.eps, first.bn.momentum
+        self.layers = tuple(layers)
+
+    def draw(self, shape):
+        n, w = shape[0], shape[1] // len(self.layers)
+        u, v, xi = zip(*[layer.draw((n, w)) for layer in self.layers], strict=True)
+        return torch.cat(u), torch.cat(v), torch.cat(xi, 1) if self.per_example else xi[0]
+
+
+def _key(name):
+    return name.replace(".", "_")
 
 
 def _stack(nets, kind, name):

@@ -3,15 +3,19 @@
 from torch import nn
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+PLACEMENTS = ("before", "after")
 
 
 def mlp(in_features=784, hidden=(100, 100, 100), out_features=10, activation="sigmoid",
-        norm=None, init_std=None, generator=None):
+        norm=None, init_std=None, generator=None, placement="before"):
     """A fully connected net: ``[Linear -> (norm) -> activation] * len(hidden) -> Linear``.
 
     ``norm``: ``None`` or a callable ``num_features -> nn.Module`` such as
-    ``nn.BatchNorm1d``; it goes before the nonlinearity (section 3.2 of the paper), and
-    the linear layer before it has no bias because BN's ``beta`` subsumes it.
+    ``nn.BatchNorm1d``, called once per hidden layer, in order. ``placement="before"``
+    puts it before the nonlinearity (section 3.2 of the paper), and the linear layer
+    before it has no bias because BN's ``beta`` subsumes it; ``"after"`` puts it after,
+    ``[Linear -> activation -> norm]``, and the linear layer keeps its bias (nothing
+    else could shift the nonlinearity's input; notebook 02 compares the two).
     ``init_std``: draw weights from N(0, init_std^2) and set biases to zero
     (the paper's "small random Gaussian values"); ``None`` keeps PyTorch's default.
     ``generator``: a ``torch.Generator`` for those draws, so that nets with and without
@@ -20,12 +24,17 @@ def mlp(in_features=784, hidden=(100, 100, 100), out_features=10, activation="si
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    before = norm is not None and placement == "before"
     layers, width = [], in_features
     for h in hidden:
-        layers.append(nn.Linear(width, h, bias=norm is None))
-        if norm is not None:
+        layers.append(nn.Linear(width, h, bias=not before))
+        if before:
             layers.append(norm(h))
         layers.append(ACTIVATIONS[activation]())
+        if norm is not None and not before:
+            layers.append(norm(h))
         width = h
     layers.append(nn.Linear(width, out_features))
     net = nn.Sequential(*layers)

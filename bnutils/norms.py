@@ -1,10 +1,12 @@
-"""Normalization layers that do not need a large batch, written from scratch.
+"""Normalization layers besides plain BN, written from scratch.
 
-Derived in notebook 09 and checked against ``torch.nn`` in ``tests/test_norms.py``:
-Layer Norm (Ba et al., 2016), Group Norm (Wu & He, 2018) with Instance Norm as the
-case ``num_groups == num_channels``, Batch Renormalization (Ioffe, 2017) and ghost batch
-norm (Hoffer et al., 2017). Inputs are ``(N, C)`` or ``(N, C, H, W)`` (any trailing
-dimensions), channels on dimension 1 as in ``torch.nn``.
+BN taken apart (``PartialBatchNorm``, notebook 02) and BN with noise on top
+(``NoisyBatchNorm1d``, notebook 08). The layers that do not need a large batch, derived
+in notebook 09 and checked against ``torch.nn``: Layer Norm (Ba et al., 2016), Group
+Norm (Wu & He, 2018) with Instance Norm as the case ``num_groups == num_channels``,
+Batch Renormalization (Ioffe, 2017) and ghost batch norm (Hoffer et al., 2017). Inputs
+are ``(N, C)`` or ``(N, C, H, W)`` (any trailing dimensions), channels on dimension 1 as
+in ``torch.nn``; ``tests/test_norms.py`` checks them all.
 """
 
 import torch
@@ -209,3 +211,70 @@ class GhostBatchNorm(_RunningStats):
             vars_.append(var.detach() * m / (m - 1))
         self._update(torch.stack(means).mean(0), torch.stack(vars_).mean(0))
         return _affine(torch.cat(outs), self.gamma, self.beta)
+
+
+class PartialBatchNorm(nn.Module):
+    """BN's training-mode transform with its pieces switched on or off (notebook 02).
+
+    ``center``: subtract the batch mean; ``scale``: divide by the batch standard
+    deviation ``sqrt(sigma_B^2 + eps)`` (taken around the mean, as in BN);
+    ``learn_gamma``, ``learn_beta``: learn gamma (else fixed at 1) and beta (else 0).
+    With nothing switched on but beta, it is a plain bias. It keeps no running
+    statistics: it always normalizes with the batch it is given, in eval mode too.
+    ``x: (N, D)``, statistics over N.
+    """
+
+    def __init__(self, num_features, center=True, scale=True, learn_gamma=True,
+                 learn_beta=True, eps=1e-5):
+        super().__init__()
+        self.center, self.scale, self.eps = center, scale, eps
+        self.gamma = nn.Parameter(torch.ones(num_features), requires_grad=learn_gamma)
+        self.beta = nn.Parameter(torch.zeros(num_features), requires_grad=learn_beta)
+
+    def forward(self, x):
+        if self.center:
+            x = x - x.mean(0)
+        if self.scale:
+            x = x / torch.sqrt(x.var(0, correction=0) + self.eps)
+        return self.gamma * x + self.beta
+
+
+class NoisyBatchNorm1d(nn.Module):
+    """``nn.BatchNorm1d`` and the noise of Santurkar et al. (notebook 08).
+
+    In training, every call draws for each activation ``k`` a shift
+    ``mu_k ~ U(-a, a)`` and a variance ``var_k ~ U(1, v)``.
+    ``per_example=False``: one affine map per activation for the whole
+    batch, ``sqrt(var_k) * y + mu_k``. ``True``: independent noise for
+    every example and activation, ``y + mu_k + sqrt(var_k - 1) * xi`` with
+    ``xi ~ N(0, 1)``: the same shift of the mean and the same variance over
+    the batch. The draws come from the layer's own generator, seeded with
+    ``seed``; in eval mode the layer is BN. ``x: (N, D)``.
+    """
+
+    def __init__(self, num_features, a=1.0, v=4.0, per_example=False, seed=0):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features)
+        self.a, self.v, self.per_example = a, v, per_example
+        self.g = torch.Generator().manual_seed(seed)
+
+    def forward(self, x):
+        y = self.bn(x)
+        if not self.training:
+            return y
+        u, w, xi = (t.to(y.device) for t in self.draw(y.shape))
+        mu = self.a * (2 * u - 1)  # U(-a, a)
+        var = 1 + (self.v - 1) * w  # U(1, v)
+        if not self.per_example:
+            return var.sqrt() * y + mu
+        return y + mu + (var - 1).sqrt() * xi
+
+    def draw(self, shape):
+        """This step's random numbers for ``y`` of ``shape`` (N, D): two
+        U(0, 1) per activation and, with ``per_example``, an N(0, 1) per
+        value (else an empty tensor)."""
+        u = torch.rand(shape[1], generator=self.g)
+        w = torch.rand(shape[1], generator=self.g)
+        if not self.per_example:
+            return u, w, torch.empty(0)
+        return u, w, torch.randn(shape, generator=self.g)

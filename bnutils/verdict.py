@@ -9,6 +9,8 @@ experiments whose results are not the book's, so there a false guard only warns.
 
 import warnings
 
+import numpy as np
+
 from .config import is_quick
 
 
@@ -67,3 +69,20 @@ def glue(name, variable, display=True):
 
 
 _glue = glue  # verdict's argument ``glue`` hides the function's name there
+
+
+def mean_sd(values, axis=0):
+    """Mean and sample standard deviation (``ddof=1``) over ``axis``: the seeds."""
+    values = np.asarray(values, dtype=float)
+    return values.mean(axis), values.std(axis, ddof=1)
+
+
+def clearly_less(a, b):
+    """True when the runs ``a`` are below the runs ``b`` by more than their spread.
+
+    ``a, b``: one value per seed. "Clearly" means that the ranges mean ± sd of the two
+    do not overlap: ``mean(a) + sd(a) < mean(b) - sd(b)``. Chapters 8 and 9 use it so
+    that a difference smaller than the seed-to-seed variation is not called one.
+    """
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    return bool(ma + sa < mb - sb)

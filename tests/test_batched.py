@@ -1,7 +1,7 @@
 """bnutils.batched: k networks trained as one agree with the same networks trained alone.
 
 The reference is the plain loop: ``models.mlp`` + ``torch.optim.SGD`` + the batches of
-``train.train``. In float32 the two agree to rounding: the stacked products sum in
+``train.train``, for every normalization the chapters train. In float32 the two agree to rounding: the stacked products sum in
 another order, so the last bits differ and grow slowly over training. For a smooth
 activation (sigmoid) they stay at 1e-5 over hundreds of steps. A ReLU is not smooth: a
 rounding-level change flips some unit on or off (BN even centres the ReLU's inputs on
@@ -10,14 +10,16 @@ run whose initial weights are scaled by 1 + 1e-7 moves as far. So every setting 
 checked in float64, where rounding is 1e-16 and any real difference would show.
 """
 
+import itertools
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from bnutils import data, generator, models, set_seed, train
+from bnutils import data, generator, models, norms, set_seed, train
 from bnutils.batched import (
     StackedCNN,
     StackedMLP,
@@ -297,8 +299,17 @@ def test_bad_input_gives_clear_errors(mnist):
         StackedMLP(3, activation="softsign")
     with pytest.raises(ValueError, match="positive integer"):
         StackedMLP(0)
-    with pytest.raises(ValueError, match="norm must be True or False"):
-        StackedMLP(2, norm=nn.BatchNorm1d)
+    with pytest.raises(ValueError, match="norm must be True, False or a callable"):
+        StackedMLP(2, norm="bn")
+    with pytest.raises(ValueError, match="placement must be one of"):
+        StackedMLP(2, norm=True, placement="inside")
+    sizes = iter([4, 5])  # net 1's layer would have another size
+    with pytest.raises(ValueError, match="same parameters and buffers for every net"):
+        StackedMLP(2, hidden=(4,), norm=lambda d: nn.BatchNorm1d(next(sizes)))
+    learns = iter([True, False])  # net 1's gamma would not learn
+    with pytest.raises(ValueError, match="same parameters and buffers for every net"):
+        StackedMLP(2, hidden=(4,),
+                   norm=lambda d: norms.PartialBatchNorm(d, learn_gamma=next(learns)))
     model = StackedMLP(3, hidden=(8,))
     with pytest.raises(ValueError, match="lr must be one number or k=3"):
         train_stacked(model, x, y, 5, [0.1, 0.2], progress=False)
@@ -325,6 +336,235 @@ def test_moves_to_another_device_with_its_buffers():
     assert model.running_var_0.dtype == torch.float64
     assert model(torch.zeros(4, 784, dtype=torch.float64)).shape == (2, 4, 10)
 
+
+
+# --- every normalization the chapters train -----------------------------------------------
+
+
+def _noisy(per_example):
+    """A factory whose layers are seeded in the order they are built (as chapter 8's);
+    not the default settings, so that a stack that drops one shows."""
+    seeds = itertools.count(100)
+
+    def layer(d):
+        noisy = norms.NoisyBatchNorm1d(d, a=0.5, v=3.0, per_example=per_example,
+                                       seed=next(seeds))
+        noisy.bn.eps, noisy.bn.momentum = 1e-3, 0.3
+        return noisy
+
+    return layer
+
+
+class _Shift(nn.Module):
+    """A layer batched.py knows nothing about: it must run once per net."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        return x - x.mean(0) + self.shift
+
+
+# name: (a function that makes a fresh factory, placement); chapters 2, 8 and 9 train these
+NORMS = {
+    "none": (lambda: None, "before"),
+    "bn": (lambda: nn.BatchNorm1d, "before"),
+    "bn after": (lambda: nn.BatchNorm1d, "after"),
+    "bn eps momentum": (lambda: partial(nn.BatchNorm1d, eps=1e-3, momentum=0.3), "before"),
+    "bn without affine": (lambda: partial(nn.BatchNorm1d, affine=False), "before"),
+    "partial bn": (lambda: norms.PartialBatchNorm, "before"),
+    "mean only": (lambda: partial(norms.PartialBatchNorm, scale=False), "before"),
+    "variance only": (lambda: partial(norms.PartialBatchNorm, center=False), "before"),
+    "frozen gamma beta": (lambda: partial(norms.PartialBatchNorm, learn_gamma=False,
+                                          learn_beta=False), "before"),
+    "partial bn after": (lambda: norms.PartialBatchNorm, "after"),
+    "ghost bn": (lambda: partial(norms.GhostBatchNorm, virtual_batch_size=4), "before"),
+    "noisy per feature": (lambda: _noisy(False), "before"),
+    "noisy per activation": (lambda: _noisy(True), "before"),
+    "batch renorm": (lambda: partial(norms.BatchRenorm, momentum=0.3, warmup=3, ramp=5,
+                                     r_max=1.5, d_max=0.5), "before"),
+    "layer norm": (lambda: partial(norms.LayerNorm, eps=1e-3), "before"),
+    "group norm": (lambda: partial(norms.GroupNorm, 4), "before"),
+    "torch layer norm": (lambda: nn.LayerNorm, "before"),
+    "a layer of ours": (lambda: _Shift, "before"),
+}
+HIDDEN = (16, 12)
+
+
+def _stack(name, dtype, seeds=SEEDS):
+    make, placement = NORMS[name]
+    return StackedMLP(len(seeds), hidden=HIDDEN, norm=make(), placement=placement,
+                      init_std=0.1, seeds=seeds).to(dtype)
+
+
+def _alone(name, dtype, seeds=SEEDS):
+    """The same nets built one by one, as ``models.mlp`` builds them."""
+    make, placement = NORMS[name]
+    factory = make()
+    return [models.mlp(784, HIDDEN, 10, "sigmoid", factory, init_std=0.1,
+                       generator=generator(s), placement=placement).to(dtype) for s in seeds]
+
+
+def _randomize(model):
+    """Move every parameter and running statistic away from its initial value, so that
+    a net that got another net's (or no) values shows."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if t.is_floating_point():
+                t.add_(0.2 * torch.rand(t.shape, generator=g, dtype=t.dtype)
+                       * (1 if "var" in name else torch.sign(torch.randn(t.shape, generator=g))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", NORMS)
+def test_every_norm_trains_as_each_net_alone(mnist, name, dtype):
+    """Net i of a stack follows ``train.train`` on the same seed: its losses, its final
+    parameters and buffers, and its outputs in eval mode, to float32 rounding (the
+    rates are moderate: an unstable run amplifies rounding) and in float64 to 1e-9;
+    per-net rates, momentum and data orders."""
+    x, y = mnist[0][:2000].to(dtype), mnist[1][:2000]
+    lrs, data_seeds, steps = [0.05, 0.1, 0.2], [7, 8, 7], 20
+    tol = dict(rtol=RTOL, atol=ATOL) if dtype == torch.float32 else TOL64
+    model = _stack(name, dtype)
+    log = train_stacked(model, x, y, steps, lrs, batch_size=16, data_seeds=data_seeds,
+                        momentum=0.5, progress=False)
+    assert not log["diverged"].any()
+    for i, net in enumerate(_alone(name, dtype)):
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lrs[i],
+                              momentum=0.5)
+        _, losses = train.train(net, opt, x, y, steps, 16, seed=data_seeds[i], progress=False)
+        np.testing.assert_allclose(log["losses"][:, i], losses.numpy(), **tol)
+        assert_same_net(model.net(i), net, **tol)
+        assert [type(m) for m in model.net(i)] == [type(m) for m in net]
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(x[:50])[i], net.eval()(x[:50]), **tol)
+        model.train()
+
+
+@pytest.mark.parametrize("per_net_input", [False, True], ids=["shared-x", "per-net-x"])
+@pytest.mark.parametrize("name", NORMS)
+def test_every_norm_forward_is_each_nets(mnist, name, per_net_input):
+    """In training and in eval mode, from non-trivial parameters and statistics: the
+    logits, the inputs of the activations, and the statistics the pass leaves."""
+    x = mnist[0][:48].double()
+    xb = torch.stack([x[:16], x[16:32], x[32:]]) if per_net_input else x[:16]
+    for training in (True, False):
+        model = _stack(name, torch.float64)
+        _randomize(model)
+        # copies before the pass, which draws the noise of noisy BN
+        nets = [model.net(i).train(training) for i in range(3)]
+        firsts = [model.net(i).train(training) for i in range(3)]
+        model.train(training)
+        with torch.no_grad():
+            logits, hidden = model(xb, return_hidden=True)
+        for i, net in enumerate(nets):
+            xi = xb[i] if per_net_input else xb
+            with torch.no_grad():
+                torch.testing.assert_close(net(xi), logits[i], **TOL64)
+            assert_same_net(model.net(i), net, **TOL64)
+            # the input of the first activation: after the norm when it comes before
+            first = [type(m) for m in net].index(nn.Sigmoid)
+            with torch.no_grad():
+                torch.testing.assert_close(hidden[0][i], firsts[i][:first](xi), **TOL64)
+        assert [h.shape for h in hidden] == [(3, 16, 16), (3, 16, 12)]
+
+
+def test_norm_layers_run_side_by_side_or_per_net():
+    """Plain BN is one F.batch_norm (and keeps the attributes figure1 reads); the layers
+    of bnutils.norms run side by side; others, or nets whose layers differ, per net."""
+    bn = _stack("bn", torch.float32)
+    assert len(bn.gamma) == 2 and not bn.norms and bn.num_batches_tracked.shape == (3,)
+    assert (bn.eps, bn.momentum) == (1e-5, 0.1)
+    tuned = _stack("bn eps momentum", torch.float32)
+    assert (tuned.eps, tuned.momentum) == (1e-3, 0.3) and not tuned.norms
+    for name in ("partial bn", "ghost bn", "noisy per feature", "batch renorm",
+                 "layer norm", "group norm"):
+        model = _stack(name, torch.float32)
+        assert not model.gamma and all(layer.wide is not None for layer in model.norms), name
+    for name in ("bn without affine", "torch layer norm", "a layer of ours"):
+        assert all(layer.wide is None for layer in _stack(name, torch.float32).norms), name
+    groups = iter([2, 4, 2, 4])  # net 1's Group Norm has other groups: per net
+    model = StackedMLP(2, hidden=(8,), norm=lambda d: norms.GroupNorm(next(groups), d))
+    assert model.norms[0].wide is None
+    assert [model.net(i)[1].num_groups for i in range(2)] == [2, 4]
+    x = torch.randn(5, 784)
+    with torch.no_grad():
+        for i, logits in enumerate(model(x)):  # each net through its own layer
+            torch.testing.assert_close(logits, model.net(i)(x))
+    assert model.norms[0].gamma.shape == (2, 8) and model.norms[0].gamma.requires_grad
+
+
+def test_after_the_nonlinearity_the_bias_learns_and_frozen_parameters_stay(mnist):
+    model = _stack("partial bn after", torch.float32)
+    frozen = _stack("frozen gamma beta", torch.float32)
+    for m in (model, frozen):
+        train_stacked(m, *mnist, 10, 1.0, batch_size=16, progress=False)
+    assert len(model.biases) == 3 and all((b != 0).any() for b in model.biases)
+    assert len(frozen.biases) == 1  # before the norm, the hidden layers have none
+    for layer in frozen.norms:
+        assert (layer.gamma == 1).all() and (layer.beta == 0).all()
+        assert not layer.gamma.requires_grad
+    assert all((layer.gamma != 1).any() for layer in model.norms)
+
+
+def test_a_step_counter_counts_for_the_nets_that_train(mnist):
+    """Batch Renorm's limits follow its step counter: side by side, the nets share one
+    count, a frozen net's stays where it stopped."""
+    x, y = mnist[0].double(), mnist[1]
+    make, _ = NORMS["batch renorm"]
+    model = StackedMLP(3, hidden=(50, 50), activation="relu", norm=make(), seeds=SEEDS)
+    lrs = [0.05, 1e200, 0.1]
+    log = train_stacked(model.double(), x, y, 30, lrs, data_seeds=0, progress=False)
+    stop = log["diverged_step"][1]
+    assert log["diverged"].tolist() == [False, True, False] and 1 < stop < 30
+    for layer in model.norms:
+        assert layer.num_batches_tracked.tolist() == [30, stop, 30]  # as with plain BN
+    factory = make()
+    for i in (0, 2):
+        net = models.mlp(784, (50, 50), 10, "relu", factory, init_std=0.05,
+                         generator=generator(SEEDS[i])).double()
+        _, losses = train.train(net, torch.optim.SGD(net.parameters(), lr=lrs[i]), x, y, 30,
+                                seed=0, progress=False)
+        np.testing.assert_allclose(log["losses"][:, i], losses.numpy(), **TOL64)
+        assert_same_net(model.net(i), net, **TOL64)
+
+
+def test_accuracy_of_a_batch_statistics_norm_uses_the_whole_set_as_one_batch(mnist):
+    x, y = mnist[0][:300], mnist[1][:300]
+    model = _stack("partial bn", torch.float32)
+    train_stacked(model, *mnist, 20, 0.5, progress=False)
+    acc = accuracy(model, x, y)
+    for i in range(3):
+        with torch.no_grad():
+            logits = model.net(i)(x)
+        assert acc[i] == (logits.argmax(1) == y).double().mean().item()
+    assert accuracy(model, x, y, batch_size=100).tolist() != acc.tolist()
+
+
+def test_repr_says_what_the_stack_is():
+    text = repr(_stack("group norm", torch.float32))
+    assert "k=3, sizes=(784, 16, 12, 10), activation='sigmoid'" in text
+    assert "placement='before'" in text and "side_by_side=True" in text
+    assert "GroupNorm" in text and "k=3" in text
+    assert "placement='after'" in repr(_stack("bn after", torch.float32))
+    cnn = repr(StackedCNN(2, norm="bn", dropout=0.1, widths=(4, 8)))
+    assert "k=2, widths=(4, 8), norm='bn', activation='relu', dropout=0.1" in cnn
+
+
+def test_net_i_is_a_copy():
+    model = _stack("noisy per activation", torch.float32, seeds=[0, 0])
+    a, b = model.net(0), model.net(1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert a[1] is not model.norms[0].layers[0] and a[1].g is not model.norms[0].layers[0].g
+    with torch.no_grad():
+        a[1].bn.weight.fill_(5.0)
+        a[0].weight.fill_(5.0)
+    assert not (model.norms[0].bn_weight == 5).any() and not (model.weights[0] == 5).any()
+    # the two nets' layers were built by two calls: their noise differs
+    x = torch.randn(8, 784)
+    assert not torch.equal(a[:2](x), b[:2](x))
 
 
 # --- StackedCNN: k copies of small_cnn, trained as figure3 trains one ---------------------

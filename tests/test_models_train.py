@@ -17,6 +17,16 @@ def test_mlp_layout_without_and_with_bn():
     assert bn(torch.randn(4, 784)).shape == (4, 10)
 
 
+def test_mlp_with_the_norm_after_the_nonlinearity():
+    after = models.mlp(hidden=(16, 8), norm=nn.BatchNorm1d, placement="after")
+    assert [type(m) for m in after] == [nn.Linear, nn.Sigmoid, nn.BatchNorm1d] * 2 + [nn.Linear]
+    # the bias is back: nothing else shifts the sigmoid's input
+    assert all(m.bias is not None for m in after if isinstance(m, nn.Linear))
+    assert [m.num_features for m in after if isinstance(m, nn.BatchNorm1d)] == [16, 8]
+    with pytest.raises(ValueError, match="placement"):
+        models.mlp(norm=nn.BatchNorm1d, placement="inside")
+
+
 def test_mlp_gaussian_init():
     torch.manual_seed(0)
     net = models.mlp(hidden=(500,), init_std=0.01)

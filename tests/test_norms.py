@@ -5,8 +5,17 @@ import re
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from bnutils.norms import BatchRenorm, GhostBatchNorm, GroupNorm, InstanceNorm, LayerNorm
+from bnutils.norms import (
+    BatchRenorm,
+    GhostBatchNorm,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    NoisyBatchNorm1d,
+    PartialBatchNorm,
+)
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -287,3 +296,71 @@ def test_eval_mode_uses_the_running_statistics(make):
     expected = (x - mean.view(s)) / torch.sqrt(var.view(s) + layer.eps) * layer.gamma.view(s)
     torch.testing.assert_close(y, expected + layer.beta.view(s), **TOL)
     assert torch.equal(layer.running_mean, mean) and layer.num_batches_tracked.item() == 1
+
+
+# --- BN taken apart (notebook 02) and BN with noise (notebook 08) ---------------------
+
+
+def test_full_partial_batch_norm_is_batch_norm():
+    x, _ = _data(64, 20)
+    torch.testing.assert_close(PartialBatchNorm(20)(x), F.batch_norm(x, None, None, training=True),
+                               **TOL)
+    torch.testing.assert_close(PartialBatchNorm(20, eps=0.5)(x),
+                               F.batch_norm(x, None, None, training=True, eps=0.5), **TOL)
+
+
+def test_each_piece_of_partial_batch_norm_does_what_it_says():
+    x, _ = _data(256, 10)
+    mean_only = PartialBatchNorm(10, scale=False)
+    var_only = PartialBatchNorm(10, center=False)
+    torch.testing.assert_close(mean_only(x), x - x.mean(0), **TOL)
+    # scaled by the spread around the mean: unit variance, the mean divided by sigma_B
+    sigma = torch.sqrt(x.var(0, correction=0) + 1e-5)
+    torch.testing.assert_close(var_only(x), x / sigma, **TOL)
+    _randomize(mean_only.gamma, mean_only.beta)
+    torch.testing.assert_close(mean_only(x), mean_only.gamma * (x - x.mean(0)) + mean_only.beta,
+                               **TOL)
+    frozen = PartialBatchNorm(10, learn_gamma=False, learn_beta=False)
+    assert not frozen.gamma.requires_grad and not frozen.beta.requires_grad
+    assert PartialBatchNorm(10).gamma.requires_grad and PartialBatchNorm(10).beta.requires_grad
+    bias_only = PartialBatchNorm(10, center=False, scale=False, learn_gamma=False)
+    torch.testing.assert_close(bias_only(x), x, **TOL)
+    assert torch.equal(PartialBatchNorm(10).eval()(x), PartialBatchNorm(10)(x))  # no running stats
+
+
+@pytest.mark.parametrize("per_example", [False, True], ids=["shared", "per-activation"])
+def test_noisy_batch_norm_adds_the_noise_it_draws(per_example):
+    """Training: BN, then the noise of shifts U(-a, a) and variances U(1, v) drawn from
+    the layer's own generator, in that order; eval: BN alone."""
+    x, _ = _data(32, 6)
+    layer = NoisyBatchNorm1d(6, a=0.5, v=3.0, per_example=per_example, seed=7)
+    reference = nn.BatchNorm1d(6)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(2):  # new noise at every call
+        y = reference(x)
+        mu = 0.5 * (2 * torch.rand(6, generator=g) - 1)
+        var = 1 + 2.0 * torch.rand(6, generator=g)
+        if per_example:
+            expected = y + mu + (var - 1).sqrt() * torch.randn(32, 6, generator=g)
+        else:
+            expected = var.sqrt() * y + mu
+        torch.testing.assert_close(layer(x), expected, **TOL)
+    torch.testing.assert_close(layer.bn.running_mean, reference.running_mean, **TOL)
+    torch.testing.assert_close(layer.eval()(x), reference.eval()(x), **TOL)
+    u, w, xi = layer.draw((32, 6))
+    assert u.shape == w.shape == (6,) and xi.shape == ((32, 6) if per_example else (0,))
+
+
+def test_noisy_batch_norm_moves_the_batch_statistics():
+    x, _ = _data(4000, 50)
+    means, variances = [], []
+    for per_example in (False, True):
+        layer = NoisyBatchNorm1d(50, a=1.0, v=4.0, per_example=per_example, seed=1)
+        z = layer(x)
+        means.append(z.mean(0))
+        variances.append(z.var(0, correction=0))
+    for mean, var in zip(means, variances, strict=True):  # per activation, over the batch
+        assert mean.abs().max() < 1.05 and mean.abs().max() > 0.8
+        assert var.min() > 0.9 and var.max() < 4.3 and var.max() > 3.0
+    torch.testing.assert_close(means[0], means[1], rtol=0, atol=0.1)  # the same draws
+    assert not torch.equal(NoisyBatchNorm1d(5, seed=1)(x[:, :5]), NoisyBatchNorm1d(5, seed=2)(x[:, :5]))

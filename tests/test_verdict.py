@@ -49,3 +49,19 @@ def test_glue_without_myst_nb_stores_nothing_and_shows_on_request(monkeypatch):
     v.glue("k", 0.25)
     assert shown == [0.25]
     assert v.verdict("k2", True, "yes", "no") == "yes"  # verdict glues through it
+
+
+def test_mean_sd_over_the_seeds():
+    mean, sd = v.mean_sd([[1.0, 2.0], [3.0, 6.0]])
+    assert mean.tolist() == [2.0, 4.0] and sd == pytest.approx([np.sqrt(2), np.sqrt(8)])
+    mean, sd = v.mean_sd([[1.0, 3.0], [2.0, 6.0]], axis=1)
+    assert mean.tolist() == [2.0, 4.0] and sd == pytest.approx([np.sqrt(2), np.sqrt(8)])
+
+
+def test_clearly_less_needs_separated_ranges():
+    assert v.clearly_less([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
+    assert not v.clearly_less([1.0, 1.5, 0.5], [2.0, 2.5, 1.5])  # 1.5 + ... overlaps
+    assert not v.clearly_less([2.0, 2.1, 1.9], [1.0, 1.1, 0.9])
+    # separated means, but one run's spread reaches the other's range
+    assert not v.clearly_less([1.0, 1.0, 1.0], [2.0, 1.0, 3.0])
+    assert not v.clearly_less([0.0, 1.0, 2.0], [2.0, 2.0, 2.0])

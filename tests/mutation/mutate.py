@@ -51,6 +51,7 @@ MODULES = {
     "cache": ["test_cache.py"],
     "inference": ["test_inference.py"],
     "norms": ["test_norms.py", "test_properties.py"],
+    "batched": ["test_batched.py"],
 }
 # decorators that are safe around a function that mutmut calls once per mutant
 SAFE_DECORATORS = {"torch.no_grad()", "contextmanager", "once_differentiable"}
