@@ -159,8 +159,11 @@ class Notebook:
                 name, key = _call_name(node), _arg(node, 0, "key")
                 if name in VERDICT_NAMES:
                     texts = (_arg(node, 2, "if_true"), _arg(node, 3, "if_false"))
-                    if isinstance(texts[0], ast.Dict):  # one text per outcome
-                        texts = tuple(texts[0].values)
+                    words = texts[0]
+                    if isinstance(words, ast.Name) and len(self.assigned.get(words.id, [])) == 1:
+                        words = self.assigned[words.id][0]  # a dict of words named once
+                    if isinstance(words, ast.Dict):  # one text per outcome
+                        texts = tuple(words.values)
                     self.verdicts.append(dict(
                         key=_const_str(key), pattern=_key_pattern(key),
                         holds=_arg(node, 1, "holds"), texts=texts,
