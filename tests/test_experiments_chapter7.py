@@ -156,13 +156,15 @@ def test_tune_searches_dropout_and_rate_and_says_if_the_best_is_inside(monkeypat
                             n_train=120, hidden=(8,), batch_size=12, evals=2, n_val=50,
                             n_test=50, progress=False)
     assert t["val_acc"].shape == (3, 3) and t["dropout"].tolist() == [0.0, 0.2, 0.5]
-    grid = {"lr": np.array([0.1, 0.3, 1.0]), "dropout": np.array([0.1, 0.2, 0.5])}
-    peak = np.zeros((3, 3))
-    peak[1, 1] = 1
-    assert regularization.best({**grid, "val_acc": peak}) == (0.2, 0.3, True)
-    peak = np.zeros((3, 3))
-    peak[2, 1] = 1  # the largest dropout rate: the grid must grow
-    assert regularization.best({**grid, "val_acc": peak}) == (0.5, 0.3, False)
+    grid = {"lr": np.array([0.1, 0.3, 1.0]), "dropout": np.array([0.0, 0.1, 0.2, 0.5])}
+    peak = np.zeros((4, 3))
+    peak[2, 1], peak[0, 2] = 1.0, 0.5
+    assert regularization.best({**grid, "val_acc": peak}, dropout=True) == (0.2, 0.3, True)
+    assert regularization.best({**grid, "val_acc": peak}, dropout=False) == (0.0, 1.0, False)
+    peak[3, 1] = 2.0  # the largest dropout rate: the grid must grow
+    assert regularization.best({**grid, "val_acc": peak}, dropout=True) == (0.5, 0.3, False)
+    peak[1, 1] = 3.0  # the smallest positive rate is bracketed by 0
+    assert regularization.best({**grid, "val_acc": peak}, dropout=True) == (0.1, 0.3, True)
 
 
 def _run(val, acc=None, diverged=(False, False, False)):

@@ -212,12 +212,22 @@ def tune(steps, norm, rates, dropouts=(0.0,), seed=0, progress=True, **options):
     return train_or_load("regularization-tune", config, run, verbose=False)
 
 
-def best(tuned):
-    """The best setting of a ``tune`` result: ``(dropout, lr, interior)``; ``interior``
-    says whether the best rate, and the best dropout rate above 0, lie inside their
-    grids (a best value at an edge means: extend the grid)."""
-    val = np.asarray(tuned["val_acc"])
-    i, j = np.unravel_index(np.argmax(val), val.shape)
-    n_d, n_r = val.shape
-    inside = 0 < j < n_r - 1 and (n_d == 1 or tuned["dropout"][i] == 0 or 0 < i < n_d - 1)
-    return float(tuned["dropout"][i]), float(tuned["lr"][j]), bool(inside)
+def best(tuned, dropout):
+    """The best setting of a ``tune`` result: ``(dropout rate, lr, interior)``.
+
+    ``dropout``: False for the network without dropout (the row ``dropout == 0``), True
+    for the one with dropout (the rows ``dropout > 0``). ``interior`` says whether the
+    choice is bracketed: the best rate lies inside the rate grid, and the best dropout
+    rate is not the largest of the grid (the smallest positive one is bracketed by
+    0 from below). A best value at an edge means: extend the grid.
+    """
+    val = np.asarray(tuned["val_acc"], dtype=float)
+    p = np.asarray(tuned["dropout"], dtype=float)
+    rows = np.flatnonzero(p > 0) if dropout else np.flatnonzero(p == 0)
+    if not len(rows):
+        raise ValueError(f"no {'positive' if dropout else 'zero'} dropout rate in "
+                         f"{p.tolist()}")
+    i, j = np.unravel_index(int(np.argmax(val[rows])), val[rows].shape)
+    row = rows[i]
+    inside = 0 < j < val.shape[1] - 1 and (not dropout or row < len(p) - 1)
+    return float(p[row]), float(tuned["lr"][j]), bool(inside)
