@@ -250,3 +250,15 @@ def test_a_run_that_diverges_inside_its_trace_stacks_with_the_others():
     assert both["trace"]["dead"].shape == (2, 3, 3)
     np.testing.assert_array_equal(both["trace"]["loss"][0], fine["trace"]["loss"])
     assert np.isnan(both["trace"]["loss"][1, short:]).all()
+
+
+def test_chosen_is_the_first_best_validation_evaluation_of_each_seed():
+    from bnutils.experiments.figure3 import chosen
+
+    r = {"val_acc": np.array([[0.1, 0.8, 0.8, 0.7], [0.1, 0.6, np.nan, np.nan]]),
+         "acc": np.array([[0.1, 0.79, 0.81, 0.72], [0.1, 0.58, np.nan, np.nan]])}
+    index, acc = chosen(r)
+    assert index.tolist() == [1, 1]  # ties go to the first; NaN after divergence
+    assert acc.tolist() == [0.79, 0.58]
+    gone = {"val_acc": np.zeros((2, 0)), "acc": np.zeros((2, 0))}
+    assert chosen(gone)[1].tolist() == [0.1, 0.1]  # diverged before any evaluation
