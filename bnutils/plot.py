@@ -784,12 +784,10 @@ def regularization_panels(table, ghost_sizes, ghost_gaps, colors):
             c = colors[n]
             ax1.plot(np.full(len(values), x[i] + offset), values, ".", color=c, alpha=0.4)
             ax1.errorbar(x[i] + offset, mean, yerr=sd, fmt="o", ms=7, capsize=3, color=c,
-                         mfc=face or c,
-                         label=(("train" if key == "train_acc" else "test") if i == 0
-                                else None))
+                         mfc=face or c)
+    # the title names the markers: a legend would sit on some network's points
     ax1.set(xticks=x, ylabel="accuracy", title="(a) train (open) and test (filled)")
     ax1.set_xticklabels(names, fontsize=8)
-    ax1.legend(fontsize=8, loc="lower left")
     mean, sd = _mean_sd(ghost_gaps, 1)
     ax2.errorbar(ghost_sizes, mean, yerr=sd, marker="o", capsize=3, color=COLORS["bn"])
     ax2.set_xscale("log")
