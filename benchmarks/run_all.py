@@ -118,11 +118,11 @@ def goals_table(outputs):
     """The report's table of goals, met or missed, computed from the outputs."""
     lines = ["### Goals", "", "Computed by `benchmarks/run_all.py` from the ratios below "
              "(of the minimum times over the repeats).", "",
-             "| script | goal | case | measured | |", "|---|---|---|---|---|"]
+             "| goal | | measured | case |", "|---|---|---|---|"]
     for script, goal, label, value, met in goal_rows(outputs):
         measured = "not measured" if value is None else f"{value:.2f}×"
         verdict = {True: "met", False: "**missed**", None: "**not measured**"}[met]
-        lines.append(f"| `{script}` | {goal} | {label or '–'} | {measured} | {verdict} |")
+        lines.append(f"| {goal} (`{script}`) | {verdict} | {measured} | {label or '–'} |")
     return lines
 
 
