@@ -326,10 +326,13 @@ def test_quiet_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch
              for norm in (False, True)]
     calls += [(deep_mlp.trainability, (2, (0.1, 1.0), (0,), rates),
                {"nets": (net,), **deep, **quiet}) for net in rates]
-    calls += [(regularization.tune_lr, (2, norm, (0.1, 1.0)), {**reg, **quiet})
+    calls += [(regularization.tune, (2, norm, (0.1, 1.0), (0.0, 0.2)), {**reg, **quiet})
               for norm in (False, True)]
-    calls += [(regularization.regularization, (2, (0,), rates),
-               {"virtual_batches": (6,), "nets": (net,), **reg, **quiet})
+    reg_rates = {**rates, "none_dropout": 1.0, "bn_dropout": 0.1}
+    dropout = {"none": 0.2, "bn": 0.1}
+    calls += [(regularization.regularization, (2, (0,), reg_rates),
+               {"virtual_batches": (6,), "dropout": dropout, "nets": (net,), **reg,
+                **quiet})
               for net in regularization.STACKS]
     calls += [(figure1.figure1_runs, ((0.1,), (0.05,), (0,)), {**fig1, **quiet})]
     prefill(calls, workers=1)
@@ -337,9 +340,10 @@ def test_quiet_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch
     assert len(files) == 2 * len(calls)  # one .json and one .npz per run
     for norm in (False, True):
         deep_mlp.tune_lr(2, norm, (0.1, 1.0), 0.5, **deep)
-        regularization.tune_lr(2, norm, (0.1, 1.0), **reg)
+        regularization.tune(2, norm, (0.1, 1.0), (0.0, 0.2), **reg)
     assert list(deep_mlp.trainability(2, (0.1, 1.0), (0,), rates, **deep)) == ["none", "bn"]
-    out = regularization.regularization(2, (0,), rates, virtual_batches=(6,), **reg)
+    out = regularization.regularization(2, (0,), reg_rates, virtual_batches=(6,),
+                                        dropout=dropout, **reg)
     assert list(out) == ["none", "none_dropout", "bn", "bn_dropout", "ghost_6"]
     figure1.figure1_runs((0.1,), (0.05,), (0,), **fig1)
     # a run trained again, under another key, would have written new files

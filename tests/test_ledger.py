@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_verdicts import NOTEBOOKS, GLUE_ROLE, Notebook, _cited_key, _raw
+from test_verdicts import GLUE_ROLE, NOTEBOOKS, Notebook, _cited_key, _raw
 
 ROOT = Path(__file__).resolve().parents[1]
 LEDGER = ROOT / "book" / "claims.md"
