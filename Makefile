@@ -25,8 +25,8 @@ book: $(STAMP)
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
 # Quick mode everywhere: lint, unit tests and every notebook under nbval, a strict
-# build of the book, then in headless Chromium every built page and JupyterLab running
-# two notebooks (tests/browser).
+# build of the book, then in headless Chromium every built page and JupyterLab opening
+# every learner notebook and running two (tests/browser).
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check notebooks
@@ -36,14 +36,21 @@ test: $(STAMP)
 	BNBOOK_QUICK=1 $(SUMMARY) $(JB) build . -W -n --keep-going --all --path-output _build/quick
 	BNBOOK_HTML=_build/quick/_build/html $(PY) -m pytest tests/browser
 
-# The learner's path: JupyterLab on notebooks/ with the project's kernel (.venv, where
-# bnutils is installed) and live progress bars (ipywidgets). Options go through
-# LAB_ARGS, e.g. make lab LAB_ARGS="--no-browser --port 8899"; as root (a container)
-# JupyterLab needs --allow-root.
+# The learner's path: JupyterLab on lab/, the learner's copies of the learner notebooks
+# that `make book` writes into _build/html/learner (the chapters as plain notebooks:
+# the book's numbers in the text, solutions folded). Without them, the book is built
+# first. A copy the learner changed is never replaced without asking (book/_ext/learner.py
+# sync). The project's kernel (.venv, where bnutils is installed), live progress bars
+# (ipywidgets). Options go through LAB_ARGS, e.g. make lab LAB_ARGS="--no-browser --port
+# 8899"; as root (a container) JupyterLab needs --allow-root.
 LAB_ARGS ?=
+LEARNER := _build/html/learner
 lab: $(STAMP)
 	$(PY) -c "import jupyterlab, ipywidgets" 2>/dev/null || $(PY) -m pip install -q -r requirements.txt
-	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/
+	@test -f $(LEARNER)/00_setup.ipynb || { echo "No learner notebooks in $(LEARNER) yet:" \
+		"building the book first (make book, about 20 minutes on 2 cores, once)."; $(MAKE) book; }
+	$(PY) book/_ext/learner.py sync $(LEARNER) lab
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) lab/
 
 # Speed and memory goals: each script prints ratios measured in one run; the report
 # (with the machine it ran on) is what the book's benchmarks appendix shows.

@@ -19,6 +19,8 @@ The checkers, with the chapter whose exercise uses each:
 - ``running_stats_update(fn)``, ``fn(x, running_mean, running_var, momentum) ->
   (running_mean, running_var)``, PyTorch's convention (ch. 4)
 - ``batchnorm_eval(fn)``, ``fn(x, gamma, beta, running_mean, running_var, eps) -> y`` (ch. 4)
+- ``batchnorm_module(cls)``, a module class ``cls(num_features, eps, momentum)`` for
+  ``x: (N, D)`` with training and eval modes, compared with ``layers.BatchNorm1d`` (ch. 4)
 - ``fold_linear(fn)``, ``fn(W, b, gamma, beta, running_mean, running_var, eps) ->
   (W_folded, b_folded)`` with ``W: (D_out, D_in)`` as in ``nn.Linear`` (ch. 4)
 - ``layer_norm(fn)``, ``fn(x, gamma, beta, eps) -> y``, ``x: (N, D)`` (ch. 9)
@@ -39,7 +41,7 @@ from torch import nn
 
 from . import bn, layers, norms
 
-WIDTH = 79  # the rendered code column
+WIDTH = 71  # the code column of a solution dropdown, where the checked answer runs
 
 # The mistakes a checker recognises: key -> what the verdict says.
 MISTAKES = {
@@ -92,6 +94,9 @@ MISTAKES = {
     "of averaged: (1 - momentum) * old + momentum * batch.",
     "batch_statistics_in_eval": "the batch's own statistics are used in eval mode; "
     "eval mode normalizes with running_mean and running_var.",
+    "running_not_updated": "running_mean and running_var are never updated: in "
+    "training mode, after normalizing, move them towards the batch's statistics "
+    "(under torch.no_grad(), since they are not learned).",
     "fold_scaled_columns": "the columns of W are scaled (W * s); each output unit's "
     "row must be scaled: s[:, None] * W.",
     "fold_bias_dropped": "the layer's own bias b is dropped: "
@@ -807,6 +812,93 @@ def batchnorm_eval(fn):
          [lambda x, g, b, mean, var, eps: _eval_with()(x, 1.0, 0.0, mean, var, eps)]),
     ]
     return _run("batchnorm_eval", fn, cases, _eval_reference, mistakes, ("y",))
+
+
+def _module_run(make):
+    """The function a module checker compares: build a layer with ``make(d, eps,
+    momentum)``, set gamma and beta, run the training batches, then the eval batch.
+    Returns (output of the last training batch, running_mean, running_var, eval output)."""
+    def run(batches, x_eval, gamma, beta, eps, momentum):
+        layer = make(gamma.shape[0], eps, momentum)
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"the class made a {type(layer).__name__}, not an nn.Module")
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            if not isinstance(getattr(layer, name, None), torch.Tensor):
+                raise TypeError(f"the layer has no tensor {name!r} (PyTorch's names: weight "
+                                "for gamma, bias for beta, running_mean, running_var)")
+        layer = layer.double()
+        with torch.no_grad():
+            layer.weight.copy_(_t(gamma))
+            layer.bias.copy_(_t(beta))
+        layer.train()
+        for xb in batches:
+            y_train = layer(_t(xb))
+        layer.eval()
+        y_eval = layer(_t(x_eval))
+        return tuple(v.detach().numpy().copy() for v in
+                     (y_train, layer.running_mean, layer.running_var, y_eval))
+    return run
+
+
+def _module_variant(normalize_ddof=0, update=None, eval_batch=False):
+    """A mistaken layer, in NumPy: training-mode normalization with ``normalize_ddof``,
+    running statistics updated by ``update`` (``_running`` variants; ``None``: never),
+    eval mode with the batch's statistics when ``eval_batch``."""
+    def run(batches, x_eval, gamma, beta, eps, momentum):
+        mean, var = np.zeros(gamma.shape), np.ones(gamma.shape)
+        for xb in batches:
+            y_train = gamma * _normalize(xb, (0,), eps, normalize_ddof) + beta
+            if update is not None:
+                mean, var = update(xb, mean, var, momentum)
+        if eval_batch:
+            y_eval = gamma * _normalize(x_eval, (0,), eps) + beta
+        else:
+            y_eval = gamma * (x_eval - mean) / np.sqrt(var + eps) + beta
+        return y_train, mean, var, y_eval
+    return run
+
+
+def batchnorm_module(cls):
+    """Check a BN module class ``cls(num_features, eps=..., momentum=...)`` for ``x: (N, D)``.
+
+    The layer must have PyTorch's names (``weight``, ``bias``, ``running_mean``,
+    ``running_var``), normalize with the batch's statistics and update the running
+    ones in training mode, and normalize with the running ones in eval mode. Each case
+    runs a few training batches, then an eval batch (one has a single example), in
+    float64, and compares the last training output, the running statistics and the
+    eval output with ``bnutils.layers.BatchNorm1d`` (ch. 4). Returns a ``Result``.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"check.batchnorm_module expects your class, got {type(cls).__name__}")
+
+    def make(d, eps, momentum):
+        return cls(d, eps=eps, momentum=momentum)
+
+    rng = _rng(8)
+    cases = []
+    for name, (n, d), steps, momentum, eps, n_eval in [
+            ("N=8, D=3, 3 steps, momentum=0.1", (8, 3), 3, 0.1, 1e-5, 5),
+            ("N=32, D=5, 5 steps, momentum=0.3", (32, 5), 5, 0.3, 1e-5, 8),
+            ("N=4, D=2, 2 steps, momentum=0.5, eval batch of one", (4, 2), 2, 0.5, 1e-5, 1),
+            ("epsilon matters (eps=0.5), N=6, D=4, 2 steps", (6, 4), 2, 0.1, 0.5, 6)]:
+        batches = [_features(rng, (n, d)) for _ in range(steps)]
+        cases.append(_Case(name, (batches, _features(rng, (n_eval, d)), *_params(rng, d),
+                                  eps, momentum)))
+    mistakes = [
+        ("keras_momentum", [_module_variant(update=_running(keras=True))]),
+        ("biased_running_var", [_module_variant(update=_running(ddof=0))]),
+        ("running_replaced", [_module_variant(update=_running(average=False))]),
+        ("running_not_updated", [_module_variant(update=None)]),
+        ("batch_statistics_in_eval", [_module_variant(update=_running(), eval_batch=True),
+                                      _module_variant(update=None, eval_batch=True)]),
+        ("unbiased_variance", [_module_variant(normalize_ddof=1, update=_running())]),
+    ]
+    fn = _module_run(make)
+    fn.__name__ = cls.__name__
+    return _run("batchnorm_module", fn, cases,
+                _module_run(lambda d, eps, momentum: layers.BatchNorm1d(
+                    d, eps=eps, momentum=momentum)),
+                mistakes, ("y (training)", "running_mean", "running_var", "y (eval)"))
 
 
 def _fold_reference(W, b, gamma, beta, running_mean, running_var, eps):

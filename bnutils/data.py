@@ -106,6 +106,22 @@ def default_root(dataset="mnist"):
     return Path(cache).expanduser() / "bnutils" / spec.name
 
 
+def shown_path(path):
+    """``path`` as a page prints it, without the folders of the machine that ran it:
+    ``~/...`` under the home folder, else relative to the repository when the two share
+    a top folder (``../shared/mnist``), else as given (a system folder such as
+    ``/usr/share/datasets``)."""
+    path = Path(path).expanduser().resolve()
+    home = Path.home().resolve()
+    if path == home or home in path.parents:
+        return "~/" + path.relative_to(home).as_posix()
+    repo = Path(__file__).resolve().parents[1]
+    common = Path(os.path.commonpath([path, repo]))
+    if (repo / "pyproject.toml").exists() and common != Path(common.anchor):
+        return Path(os.path.relpath(path, repo)).as_posix()
+    return path.as_posix()
+
+
 def load_mnist(split="train", root=None, download=True, subset=False, dataset="mnist"):
     """Load one split of MNIST (or Fashion-MNIST) as uint8 NumPy arrays.
 

@@ -27,13 +27,19 @@ def batch_statistics(x):
 
 @contextmanager
 def record_inputs(model, callback):
-    """Within the block, call ``callback(name, x)`` with the input of every BN layer."""
-    def hook(name):
-        def pre_hook(_module, args):
-            callback(name, args[0].detach())  # returns None: the input is left unchanged
+    """Within the block, call ``callback(name, x)`` with the input of every BN layer.
+
+    Only ``model``'s own layers report: ``copy.deepcopy(model)`` copies the hooks with
+    the layers, and a copy evaluated within the block (say, on test data with other
+    statistics) must not feed the callback.
+    """
+    def hook(name, layer):
+        def pre_hook(module, args):
+            if module is layer:
+                callback(name, args[0].detach())  # returns None: the input is unchanged
         return pre_hook
 
-    handles = [m.register_forward_pre_hook(hook(name))
+    handles = [m.register_forward_pre_hook(hook(name, m))
                for name, m in batchnorm_layers(model).items()]
     try:
         yield
@@ -42,17 +48,28 @@ def record_inputs(model, callback):
             h.remove()
 
 
+def _batches(n, batch_size, seed):
+    """Index tensors of the full batches of ``batch_size`` among ``n`` examples, shuffled
+    with ``seed`` (``None``: consecutive, in order); a last, smaller batch is dropped."""
+    order = torch.arange(n) if seed is None else torch.randperm(n, generator=generator(seed))
+    return order[: n - n % batch_size].split(batch_size)
+
+
 @torch.no_grad()
-def population_statistics(model, x, batch_size):
+def population_statistics(model, x, batch_size, seed=0):
     """Algorithm 2, steps 8-10: the population statistics of every BN layer of ``model``.
 
     Passes the training inputs ``x`` through ``model`` in training mode (each BN layer
-    normalizes with its batch statistics, as during training) in consecutive batches
-    of ``batch_size`` (a last, smaller batch is dropped), and returns, per BN layer,
-    E[x] = the mean of the batch means and Var[x] = m/(m-1) times the mean of the
-    (biased) batch variances, m being the values per channel in a batch
-    (``batch_size``, times H*W for a convolution), as float64 tensors. The model, its
-    mode and its running statistics are left as they were.
+    normalizes with its batch statistics, as during training) in random mini-batches
+    of ``batch_size``: ``x`` is shuffled with ``seed`` and cut into full batches (a last,
+    smaller batch is dropped). ``seed=None`` keeps the order of ``x``, which is only
+    right when ``x`` is already shuffled: MNIST's files are not, and batches cut from
+    them in order vary more than random ones, so their within-batch variances are too
+    small (notebook 04 measures it). Returns, per BN layer, E[x] = the mean of the
+    batch means and Var[x] = m/(m-1) times the mean of the (biased) batch variances,
+    m being the values per channel in a batch (``batch_size``, times H*W for a
+    convolution), as float64 tensors. The model, its mode and its running statistics
+    are left as they were.
     """
     if not 2 <= batch_size <= len(x):
         raise ValueError(f"batch_size must be between 2 and {len(x)}, got {batch_size}")
@@ -69,8 +86,8 @@ def population_statistics(model, x, batch_size):
     model.train()
     try:
         with record_inputs(model, accumulate):
-            for i in range(0, len(x) - batch_size + 1, batch_size):
-                model(x[i : i + batch_size])
+            for index in _batches(len(x), batch_size, seed):
+                model(x[index.to(x.device)])
     finally:
         model.load_state_dict(saved)  # undo the running-statistics updates of the passes
         model.train(was_training)
@@ -79,6 +96,27 @@ def population_statistics(model, x, batch_size):
         m = sizes[name]
         stats[name] = (mean_sum / n, m / (m - 1) * var_sum / n)
     return stats
+
+
+def mcnemar(right_a, right_b):
+    """McNemar's test of two classifiers on the same examples: are they equally accurate?
+
+    ``right_a, right_b``: boolean arrays or tensors, ``(n,)``, whether each classifier
+    got each example right. Only the examples they disagree on count: ``only_a`` right
+    only with a, ``only_b`` only with b. If both were equally good, each of those would
+    be a fair coin's toss, and ``z = (only_a - only_b) / sqrt(only_a + only_b)`` about
+    standard normal; ``|z| > 2`` is a difference that chance gives in under 5% of runs.
+    Returns ``{"only_a", "only_b", "z"}`` (``z`` is 0 when they never disagree).
+    Derived in notebook 04.
+    """
+    a, b = (torch.as_tensor(r).bool().flatten().cpu() for r in (right_a, right_b))
+    if a.shape != b.shape:
+        raise ValueError(f"right_a and right_b must have one entry per example, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    disagree = only_a + only_b
+    z = (only_a - only_b) / disagree**0.5 if disagree else 0.0
+    return {"only_a": only_a, "only_b": only_b, "z": float(z)}
 
 
 @torch.no_grad()

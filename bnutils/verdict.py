@@ -84,8 +84,6 @@ def verdict(key, holds, if_true=None, if_false=None, glue=True):
             holds = bool(holds)  # NumPy and torch booleans
         text = if_true if holds else if_false
     if glue:
-        from myst_nb import glue as _glue
-
         _glue(key, text, display=False)
     return text
 
@@ -104,6 +102,28 @@ def guard(holds, claim):
             raise VerdictError(message)
         warnings.warn(message + " (quick mode: not an error)", stacklevel=2)
     return holds
+
+
+def glue(name, variable, display=True):
+    """Store ``variable`` under ``name`` for the book's ``{glue:text}`` roles: myst_nb's
+    ``glue`` where myst_nb is installed (the book build, ``make lab``).
+
+    Without it (Colab) nothing is stored: the learner notebooks carry the text with the
+    book's numbers already written in. ``display=True`` still shows the value, as
+    myst_nb's ``glue`` does.
+    """
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        if display:
+            from IPython.display import display as show
+
+            show(variable)
+        return
+    myst_glue(name, variable, display=display)
+
+
+_glue = glue  # verdict's argument ``glue`` hides the function's name there
 
 
 # --- comparing two configurations, seed by seed ------------------------------------------

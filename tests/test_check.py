@@ -476,7 +476,7 @@ def test_names_each_known_mistake(name, mistake, key, capsys):
 def test_every_mistake_is_tested():
     """Each diagnosis a checker can give is exercised by a mistake above, and each key
     used is documented in MISTAKES."""
-    tested = {key for *_, key in MISTAKE_CASES}
+    tested = {key for *_, key in MISTAKE_CASES} | set(MODULE_MISTAKES.values())
     assert tested == set(check.MISTAKES)
 
 
@@ -548,7 +548,8 @@ def test_verdict_lines_fit_the_page(name, capsys):
                *list(CHECKERS[name][2])[:3]):
         _checker(name)(fn)
     lines = capsys.readouterr().out.splitlines()
-    assert lines and max(len(line) for line in lines) <= 79
+    assert check.WIDTH == 71  # a solution dropdown's code column
+    assert lines and max(len(line) for line in lines) <= check.WIDTH
 
 
 def test_in_place_changes_do_not_fool_the_checker():
@@ -585,7 +586,7 @@ def test_shape_mismatch_is_reported(capsys):
 
     result = check.batchnorm_forward(per_example)
     assert result.output == "y" and result.error is None
-    assert "has shape" in capsys.readouterr().out
+    assert "has shape" in _flat(capsys.readouterr().out)
 
 
 def test_nan_is_reported(capsys):
@@ -633,3 +634,106 @@ def test_tolerance_fails_a_near_miss_and_passes_float32_rounding(name):
     """An answer 1e-4 off (relative) fails; the right answer rounded to float32 passes."""
     assert not _checker(name)(_scaled(name, 1 + 1e-4)).passed
     assert _checker(name)(_scaled(name, 1.0, np.float32)).passed
+
+
+# --- The module checker (chapter 4): classes, as a reader would write them ------------
+
+
+class ReaderBN(torch.nn.Module):
+    """A BN layer for (N, D), PyTorch's conventions; the class attributes switch in one
+    mistake each in the subclasses below."""
+
+    keras = biased_running = replace = eval_batch = unbiased = False
+    update = True
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = torch.nn.Parameter(torch.ones(num_features))
+        self.bias = torch.nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x):
+        if self.training or self.eval_batch:
+            mean = x.mean(0)
+            var = x.var(0, correction=1 if self.unbiased else 0)
+        if self.training and self.update:
+            with torch.no_grad():
+                batch_var = x.var(0, correction=0 if self.biased_running else 1)
+                w = self.momentum
+                if self.keras:
+                    w = 1 - w
+                if self.replace:
+                    w = 1.0
+                self.running_mean.mul_(1 - w).add_(w * x.mean(0))
+                self.running_var.mul_(1 - w).add_(w * batch_var * 1.0)
+        if not self.training and not self.eval_batch:
+            mean, var = self.running_mean, self.running_var
+        return self.weight * (x - mean) / torch.sqrt(var + self.eps) + self.bias
+
+
+class KerasBN(ReaderBN):
+    keras = True
+
+
+class BiasedRunningBN(ReaderBN):
+    biased_running = True
+
+
+class ReplacedBN(ReaderBN):
+    replace = True
+
+
+class FrozenStatsBN(ReaderBN):
+    update = False
+
+
+class BatchStatsInEvalBN(ReaderBN):
+    eval_batch = True
+
+
+class UnbiasedBN(ReaderBN):
+    unbiased = True
+
+
+MODULE_MISTAKES = {KerasBN: "keras_momentum", BiasedRunningBN: "biased_running_var",
+                   ReplacedBN: "running_replaced", FrozenStatsBN: "running_not_updated",
+                   BatchStatsInEvalBN: "batch_statistics_in_eval",
+                   UnbiasedBN: "unbiased_variance"}
+
+
+def test_module_checker_passes_a_right_class_and_torchs(capsys):
+    for cls in (ReaderBN, torch.nn.BatchNorm1d):
+        result = check.batchnorm_module(cls)
+        out = capsys.readouterr().out
+        assert result.passed, out
+        assert out.startswith("batchnorm_module: passed")
+
+
+@pytest.mark.parametrize("cls, key", MODULE_MISTAKES.items(),
+                         ids=[c.__name__ for c in MODULE_MISTAKES])
+def test_module_checker_names_each_known_mistake(cls, key, capsys):
+    result = check.batchnorm_module(cls)
+    out = capsys.readouterr().out
+    assert not result.passed and result.diagnosis == key, out
+    assert check.MISTAKES[key][:40] in _flat(out)
+    assert max(len(line) for line in out.splitlines()) <= check.WIDTH
+
+
+def test_module_checker_stub_wrong_names_and_not_a_class(capsys):
+    class Stub(ReaderBN):
+        def forward(self, x):
+            raise NotImplementedError("your code here")
+
+    class OwnNames(torch.nn.Module):
+        def __init__(self, num_features, eps=1e-5, momentum=0.1):
+            super().__init__()
+            self.gamma = torch.nn.Parameter(torch.ones(num_features))
+
+    assert check.batchnorm_module(Stub).status == "not implemented"
+    assert "batchnorm_module: not implemented yet" in capsys.readouterr().out
+    result = check.batchnorm_module(OwnNames)
+    assert result.status == "raised" and "no tensor 'weight'" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="expects your class"):
+        check.batchnorm_module(ReaderBN(3))

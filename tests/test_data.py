@@ -468,3 +468,17 @@ def test_tensors_on_a_device_and_batches_keeping_the_rest():
     (_, a), _ = data.train_val_split(xs, torch.arange(10), 3, seed=1)
     (_, b), _ = data.train_val_split(xs, torch.arange(10), 3, seed=2)
     assert not torch.equal(a, b)  # the seed decides the split
+
+
+def test_shown_path_hides_the_machines_folders(monkeypatch, tmp_path):
+    """Chapter 0 prints the data folder: never as an absolute path of the machine."""
+    repo = Path(data.__file__).resolve().parents[1]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.shown_path(tmp_path / ".cache" / "bnutils" / "mnist") == "~/.cache/bnutils/mnist"
+    assert data.shown_path("~/mnist") == "~/mnist"
+    assert data.shown_path(repo / "_cache" / "mnist") == "_cache/mnist"
+    assert data.shown_path(repo.parent / "shared" / "mnist") == "../shared/mnist"
+    if len(repo.parents) > 2:  # the repository two folders below a top folder
+        assert data.shown_path(repo.parents[1] / "shared") == "../../shared"
+    assert data.shown_path("/usr/share/datasets/fashion-mnist") == \
+        "/usr/share/datasets/fashion-mnist"  # a system folder, the same on every machine

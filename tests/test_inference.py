@@ -14,6 +14,7 @@ from bnutils.inference import (
     accuracy_with_batch_statistics,
     batch_statistics,
     batchnorm_layers,
+    mcnemar,
     population_statistics,
     record_inputs,
     set_statistics,
@@ -64,7 +65,7 @@ def _assert_statistics(got, expected):
 def test_population_statistics_is_algorithm_2():
     net, x, m = _net(), torch.randn(100, 6) * 2 + 1, 8
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    stats = population_statistics(net.eval(), x, batch_size=m)
+    stats = population_statistics(net.eval(), x, batch_size=m, seed=None)
     assert not net.training
     for k, v in net.state_dict().items():  # nothing changed
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
@@ -96,14 +97,36 @@ def test_population_statistics_is_algorithm_2():
 def test_population_statistics_uses_every_full_batch(n, batch_size, used):
     net, x = _net(), torch.randn(n, 6) * 2 + 1
     batches = [x[i * batch_size : (i + 1) * batch_size] for i in range(used)]
-    _assert_statistics(population_statistics(net, x, batch_size),
+    _assert_statistics(population_statistics(net, x, batch_size, seed=None),
                        _expected_statistics(net, batches))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_population_statistics_draws_random_batches_with_the_seed(seed):
+    # Algorithm 2 averages over training mini-batches, which are random ones
+    net, x, m = _net(), torch.randn(70, 6) * 2 + 1, 16
+    order = torch.randperm(70, generator=generator(seed))[:64]
+    _assert_statistics(population_statistics(net, x, m, seed=seed),
+                       _expected_statistics(net, x[order].split(m)))
+
+
+def test_population_statistics_of_sorted_data_needs_the_shuffle():
+    # data sorted by a feature (as MNIST's files are, roughly, by writer): batches cut in
+    # order each hold similar values, so their variances underestimate the population's
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.BatchNorm1d(1))
+    x = torch.randn(6000, 1).sort(0).values
+    truth = x.double().var()
+    ordered = population_statistics(net, x, 60, seed=None)["0"][1]
+    shuffled = population_statistics(net, x, 60)["0"][1]
+    assert ordered < 0.01 * truth
+    assert abs(shuffled / truth - 1) < 0.05
 
 
 def test_population_statistics_of_a_cnn():
     # per channel, over the batch and every pixel: m = batch_size * H * W
     net, x = _cnn(), torch.randn(24, 2, 7, 7) * 2 + 1
-    stats = population_statistics(net, x, batch_size=8)
+    stats = population_statistics(net, x, batch_size=8, seed=None)
     assert [v[0].shape for v in stats.values()] == [(3,), (4,)]
     _assert_statistics(stats, _expected_statistics(net, x.split(8)))
 
@@ -112,6 +135,34 @@ def test_population_statistics_of_a_cnn():
 def test_population_statistics_rejects_a_bad_batch_size(batch_size):
     with pytest.raises(ValueError, match="batch_size must be between 2 and 64"):
         population_statistics(_net(), torch.randn(64, 6), batch_size=batch_size)
+
+
+# --- McNemar's test -----------------------------------------------------------------------
+
+
+def test_mcnemar_counts_the_disagreements():
+    a = torch.tensor([1, 1, 0, 0, 1, 1, 1, 0], dtype=torch.bool)
+    b = torch.tensor([1, 0, 1, 0, 0, 0, 1, 0], dtype=torch.bool)
+    got = mcnemar(a, b)
+    assert (got["only_a"], got["only_b"]) == (3, 1)
+    assert got["z"] == pytest.approx(2 / 2)
+    assert mcnemar(b, a)["z"] == pytest.approx(-1.0)
+    assert mcnemar(a, a) == {"only_a": 0, "only_b": 0, "z": 0.0}
+
+
+def test_mcnemar_z_is_standard_normal_for_equal_classifiers():
+    # two classifiers that are right on each example with the same probability:
+    # z falls outside +-2 about 5% of the time
+    g = generator(0)
+    zs = torch.tensor([mcnemar(torch.rand(2000, generator=g) < 0.9,
+                               torch.rand(2000, generator=g) < 0.9)["z"] for _ in range(400)])
+    assert abs(zs.mean()) < 0.2 and abs(zs.std() - 1) < 0.15
+    assert 0.01 < (zs.abs() > 2).float().mean() < 0.1
+
+
+def test_mcnemar_rejects_unequal_lengths():
+    with pytest.raises(ValueError, match="one entry per example"):
+        mcnemar(torch.ones(5, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
 
 
 def test_batch_statistics():
@@ -164,9 +215,12 @@ def test_moving_averages_match_torch(make):
                 net.train()
                 with tracker.paused():
                     population_statistics(net, x, batch_size=8)  # nor paused training ones
+                # nor a copy of the net, which carries the hooks along (chapter 4
+                # evaluates copies with other statistics while the tracker runs)
+                copy.deepcopy(net).eval()(-x)
             net(x[i : i + 8])  # tracked, before the pause and after it
-            for copy in copies.values():
-                copy(x[i : i + 8])
+            for twin in copies.values():
+                twin(x[i : i + 8])
     for mom in momenta:
         stats = tracker.statistics(mom)
         assert stats.keys() == batchnorm_layers(net).keys()

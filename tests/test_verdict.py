@@ -31,6 +31,24 @@ def test_guard_only_warns_in_quick_mode(monkeypatch):
         assert v.guard(np.bool_(False), "BN ends higher") is False
 
 
+def test_glue_uses_myst_nb_where_installed(monkeypatch):
+    calls = []
+    monkeypatch.setattr("myst_nb.glue", lambda *a, **k: calls.append((a, k)))
+    v.glue("k", 0.5, display=False)
+    assert calls == [(("k", 0.5), {"display": False})]
+
+
+def test_glue_without_myst_nb_stores_nothing_and_shows_on_request(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "myst_nb", None)  # as on Colab: import fails
+    shown = []
+    monkeypatch.setattr("IPython.display.display", shown.append)
+    v.glue("k", 0.5, display=False)
+    assert shown == []
+    v.glue("k", 0.25)
+    assert shown == [0.25]
+    assert v.verdict("k2", True, "yes", "no") == "yes"  # verdict glues through it
 # --- the rules of a verdict (each test names the old rule it replaces) --------------------
 
 

@@ -4,7 +4,7 @@ Run after a build: ``BNBOOK_HTML=_build/quick/_build/html pytest tests/browser``
 (``make test`` does). Every page is loaded from a local HTTP server and checked for:
 console errors, requests leaving the machine, math typeset by the bundled MathJax,
 images loaded, internal links and anchors that resolve, and on notebook pages the
-launch (Colab) and download menus. A screenshot per page (light and dark) is saved in
+launch (Colab, opening the learner notebook) and download menus. A screenshot per page (light and dark) is saved in
 ``<build>/screenshots``.
 """
 
@@ -131,8 +131,10 @@ def test_page(site, browser, report, page):
     if page.startswith("notebooks/"):
         colab = [h for h in hrefs if "colab.research.google.com/github/" in h]
         stem = Path(page).stem
-        assert any(h.endswith(f"/notebooks/{stem}.ipynb") for h in colab), \
-            f"{page}: no Colab launch button for {stem}.ipynb"
+        assert any(h.endswith(f"/blob/learner/notebooks/{stem}.ipynb") for h in colab), \
+            f"{page}: no Colab launch button for the learner notebook {stem}.ipynb: {colab}"
+        assert any(h.startswith(base) and h.endswith(f"/learner/{stem}.ipynb") for h in hrefs), \
+            f"{page}: no download link to the learner notebook"
         assert tab.locator(".dropdown-launch-buttons").count() == 1
         assert any(h.endswith(f"{stem}.ipynb") and h.startswith(base) for h in hrefs), \
             f"{page}: no .ipynb download link"
