@@ -89,6 +89,42 @@ def picture(r, factor=2.0):
     return "neither"
 
 
+def seed_picture(ratios, factor=2.0):
+    """Classify one setting from its per-seed drift ``ratios`` (baseline over BN).
+
+    One seed: ``picture(r)``. Several (same seeds, same data order for both networks):
+    the seeds are compared pairwise on a log scale (``bnutils.verdict.paired`` on the
+    logs of the two networks' moves, i.e. on ``log r``): ``"paper"`` when the geometric
+    mean ratio is at least ``factor`` and the baseline moves clearly farther under the
+    paired rule, ``"reversed"`` when the geometric mean is at most ``1 / factor`` and BN
+    moves clearly farther, ``"neither"`` otherwise.
+    """
+    from .verdict import paired
+
+    r = np.asarray(ratios, dtype=float).ravel()
+    if np.isnan(r).any():
+        raise ValueError("a ratio is NaN (a diverged run?)")
+    if len(r) == 1:
+        return picture(float(r[0]), factor)
+    logs = np.log(np.clip(r, 1e-300, 1e300))
+    geo, p = float(np.exp(logs.mean())), paired(logs, np.zeros_like(logs))
+    if geo >= factor and p.above:
+        return "paper"
+    if geo <= 1 / factor and p.below:
+        return "reversed"
+    return "neither"
+
+
+def ratio_text(r):
+    """A drift ratio as the text shows it: '290', '12', '5.5', '0.41', never '2.9e+02'."""
+    r = float(r)
+    if not np.isfinite(r):
+        return "unbounded" if r > 0 else "undefined"
+    if r >= 10:
+        return f"{r:,.0f}"
+    return f"{r:.2g}"
+
+
 def _checked(pct):
     pct = np.asarray(pct, dtype=np.float64)
     if pct.ndim < 1 or pct.shape[-1] != len(PERCENTILES):

@@ -577,9 +577,11 @@ def figure1_panels(runs, title=None):
         acc = runs[f"acc_{net}"][0, 0]  # (R, n)
         axes[0].fill_between(step, acc.min(0), acc.max(0), color=COLORS[net], alpha=0.25, lw=0)
         axes[0].plot(step, acc.mean(0), color=COLORS[net], label=label)
-    final = min(runs["acc_baseline"][0, 0, :, -1].min(), runs["acc_bn"][0, 0, :, -1].min())
+    # from the lowest accuracy after step 0, so that the first logs (where "faster"
+    # shows) stay in view; step 0 itself (chance) would squash the rest
+    low = min(runs[f"acc_{net}"][0, 0, :, 1:].min() for net in ("baseline", "bn"))
     axes[0].set(xlabel="training step", ylabel="test accuracy", title="(a)",
-                ylim=(max(0.0, final - 0.2), 1))
+                ylim=(max(0.0, low - 0.03), 1))
     axes[0].legend(loc="lower right")
     pct = {net: runs[f"pct_{net}"][0, 0, 0, :, 0] for net in ("baseline", "bn")}
     lims = _common_ylim(list(pct.values()))
@@ -592,27 +594,45 @@ def figure1_panels(runs, title=None):
     return fig
 
 
-def sigmoid_bands(runs, nets=("baseline", "bn")):
-    """Percentile bands of every recorded sigmoid of the last hidden layer, one row per net.
+def sigmoid_bands(runs, nets=("baseline", "bn"), per_row=4):
+    """Percentile bands of every recorded sigmoid of the last hidden layer.
 
     ``runs``: a ``figure1_runs`` result; its first setting is drawn (``pct_<net>``
-    ``[0, 0, 0]: (n_logs, units, 3)``). All panels share one y-axis so the drifts can be
-    compared.
+    ``[0, 0, 0]: (n_logs, units, 3)``). Each net gets ``ceil(units / per_row)`` rows of
+    ``per_row`` panels (so that the tick labels stay readable at page width); all
+    panels share one y-axis so the drifts can be compared.
     """
     pcts = {net: runs[f"pct_{net}"][0, 0, 0] for net in nets}
     units = pcts[nets[0]].shape[1]
-    fig, axes = plt.subplots(len(nets), units, figsize=(1.45 * units, 1.7 * len(nets)),
+    rows_per_net = -(-units // per_row)
+    nrows = rows_per_net * len(nets)
+    fig, axes = plt.subplots(nrows, per_row, figsize=(2.4 * per_row, 1.9 * nrows),
                              sharex=True, sharey=True, squeeze=False)
     lims = _common_ylim(list(pcts.values()))
-    for row, net in zip(axes, nets, strict=True):
-        for k, ax in enumerate(row):
-            percentile_bands(ax, runs["step"], pcts[net][:, k], COLORS[net])
-            ax.set(ylim=lims, title=f"unit {k}" if net == nets[0] else None)
-            ax.tick_params(labelsize=7)
-            ax.xaxis.get_offset_text().set_fontsize(7)
-        row[0].set_ylabel("without BN" if net == "baseline" else "with BN")
+    step = runs["step"]
+    for n, net in enumerate(nets):
+        for k in range(rows_per_net * per_row):
+            ax = axes[n * rows_per_net + k // per_row][k % per_row]
+            if k >= units:
+                ax.axis("off")
+                continue
+            percentile_bands(ax, step, pcts[net][:, k], COLORS[net])
+            name = "without BN" if net == "baseline" else "with BN"
+            ax.set(ylim=lims)
+            ax.set_title(f"{name}, unit {k}", fontsize=9)
+            ax.tick_params(labelsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=9)
+        ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_thousands))
+    for row in axes:
+        row[0].set_ylabel("sigmoid input", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _thousands(x, _pos=None):
+    """Tick label of a step: 0, 500, 2k, 6k."""
+    return f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}"
 
 
 def gamma_beta(parts, labels):
@@ -635,7 +655,9 @@ def gamma_beta(parts, labels):
         percentile_bands(row[2], step, runs["pct_bn"][0, 0, 0, :, 0], COLORS["bn"],
                          label=r"$y = \gamma\hat{x} + \beta$")
         row[2].set(xlabel="training step", title=f"{label}: unit 0")
-        row[2].legend(fontsize=8, loc="upper left")
+        # beside the panel, not on it: inside it covered the bands
+        row[2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      borderaxespad=0)
     fig.tight_layout()
     return fig
 
@@ -647,33 +669,36 @@ def _cell_number(r):
     return f"{r:.0f}" if r >= 10 else f"{r:.2g}"
 
 
-def drift_maps(maps, lrs, init_stds, ncols=2, factor=2.0):
+def drift_maps(maps, lrs, init_stds, ncols=2, factor=2.0, learned=None, clip=100.0):
     """Heat maps of the baseline-to-BN drift ratio over learning rate x initial scale.
 
     ``maps``: ``{title: ratio}``, each ``ratio: (S, L)`` (rows: initial scales, columns:
     learning rates), one panel each, ``ncols`` per row. Colours on a log scale centred
-    on 1: red where the baseline drifts more (the paper's picture), blue where BN does;
-    each cell shows its ratio, and cells at least ``factor`` from 1 either way are
-    outlined.
+    on 1 and clipped at ``clip`` and ``1 / clip`` (a ratio of 100,000 would otherwise
+    wash out every other cell): red where the baseline drifts more (the paper's
+    picture), blue where BN does; each cell shows its ratio, and cells at least
+    ``factor`` from 1 either way are outlined. ``learned``: ``{title: (S, L) bool}``,
+    where both networks learned; the other cells are grey, their drift not counted.
     """
     n = len(maps)
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 1.0, 2.6 * nrows),
                              squeeze=False)
-    values = np.concatenate([np.ravel(np.asarray(m, dtype=float)) for m in maps.values()])
-    finite = values[np.isfinite(values) & (values > 0)]
-    span = max(1.0, float(np.abs(np.log10(finite)).max())) if finite.size else 1.0
+    span = float(np.log10(clip))
     norm = mpl.colors.Normalize(-span, span)
+    cmap = mpl.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
     for ax, (title, ratio) in zip(axes.ravel()[:n], maps.items(), strict=True):
         ratio = np.asarray(ratio, dtype=float)
+        ok = np.ones(ratio.shape, bool) if learned is None else np.asarray(learned[title])
         with np.errstate(divide="ignore", invalid="ignore"):
-            image = ax.imshow(np.log10(ratio), cmap="RdBu_r", norm=norm, aspect="auto")
+            shown = np.where(ok, np.clip(np.log10(ratio), -span, span), np.nan)
+        image = ax.imshow(shown, cmap=cmap, norm=norm, aspect="auto")
         for (i, j), r in np.ndenumerate(ratio):
             text = "–" if not np.isfinite(r) else _cell_number(r)
-            dark = np.isfinite(r) and r > 0 and abs(np.log10(r)) > 0.6 * span
+            dark = ok[i, j] and np.isfinite(r) and r > 0 and abs(np.log10(r)) > 0.6 * span
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")
-            if np.isfinite(r) and (r >= factor or r <= 1 / factor):
+                    color="white" if dark else ("black" if ok[i, j] else "#737373"))
+            if ok[i, j] and np.isfinite(r) and (r >= factor or r <= 1 / factor):
                 ax.add_patch(mpl.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
                                                    lw=1.2, ec="black"))
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], fontsize=8)
@@ -685,7 +710,7 @@ def drift_maps(maps, lrs, init_stds, ncols=2, factor=2.0):
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.tight_layout()
-    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, extend="both")
     bar.set_label("baseline drift ÷ BN drift")
     ticks = [t for t in (0.001, 0.01, 0.1, 1, 10, 100, 1000) if abs(np.log10(t)) <= span]
     bar.set_ticks(np.log10(ticks), labels=[f"{t:g}" for t in ticks])
@@ -705,6 +730,7 @@ def _common_ylim(arrays, margin=0.05):
 FIGURE3_STYLES = {
     "baseline": (COLORS["baseline"], "-"),
     "baseline_x5": (COLORS["baseline"], "--"),
+    "baseline_decay": (COLORS["grey"], "-"),
     "baseline_sigmoid": (COLORS["baseline"], ":"),
     "bn": (COLORS["bn"], "-"),
     "bn_x5": (COLORS["bn"], "--"),
@@ -713,48 +739,77 @@ FIGURE3_STYLES = {
 }
 
 
-def figure3_curves(results, reference="baseline", zoom=0.1):
-    """Test accuracy against training steps: ReLU networks, the same enlarged, sigmoid
+def figure3_curves(results, target=None, zoom=0.1, key="val_acc",
+                   ylabel="validation accuracy"):
+    """Accuracy against training steps: ReLU networks, the same enlarged, sigmoid
     networks.
 
-    ``results``: what ``bnutils.experiments.figure3`` returns (``acc`` of one seed
-    ``(n,)`` or several ``(n_seeds, n)``). The line is the mean over seeds, the band
-    the range from the lowest to the highest seed; a cross marks where a run diverged
-    (and was stopped). The dotted grey line is the best mean accuracy of
-    ``reference``. The middle panel enlarges the top ``zoom`` of the ReLU panel's
-    accuracy axis (below the best of all runs), where the trained ReLU networks differ;
-    it is a panel of its own, not an inset, so that it hides no curve.
+    ``results``: what ``bnutils.experiments.figure3`` returns (``key`` of one seed
+    ``(n,)`` or several ``(n_seeds, n)``; the paper's Figure 2 plots validation
+    accuracy). The line is the mean over seeds, the band the range from the lowest to
+    the highest seed; a cross marks where a run diverged (and was stopped). The dotted
+    grey line is ``target`` (the accuracy that "steps to reach" counts to). The middle
+    panel enlarges the top ``zoom`` of the ReLU panel's accuracy axis, up to the
+    highest seed of any ReLU run, so that no band is cut; it is a panel of its own,
+    not an inset, so that it hides no curve.
     """
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), width_ratios=(1, 0.8, 1))
     relu, enlarged, sigmoid = axes
 
-    def mean(r):
-        return np.nanmean(np.atleast_2d(r["acc"]), axis=0)
+    def seeds(r):
+        return np.atleast_2d(r[key])
 
-    target = np.nanmax(mean(results[reference]))
-    top = max(np.nanmax(mean(r)) for r in results.values())
+    top = max(np.nanmax(seeds(r)) for name, r in results.items() if "sigmoid" not in name)
     for name, r in results.items():
         color, style = FIGURE3_STYLES.get(name, (COLORS["grey"], "-"))
-        acc = np.atleast_2d(r["acc"])
+        acc = seeds(r)
         lr = np.atleast_1d(r["lr"])[0]
         for ax in [sigmoid] if "sigmoid" in name else [relu, enlarged]:
-            ax.plot(r["step"], mean(r), color=color, ls=style, label=f"{name} (lr {lr:g})")
+            ax.plot(r["step"], np.nanmean(acc, 0), color=color, ls=style,
+                    label=f"{name} (lr {lr:g})")
             if len(acc) > 1:
                 ax.fill_between(r["step"], np.nanmin(acc, 0), np.nanmax(acc, 0), color=color,
                                 alpha=0.15, lw=0)
             for seed_acc, diverged in zip(acc, np.atleast_1d(r["diverged"]), strict=True):
-                if diverged:
+                if diverged and np.isfinite(seed_acc).any():
                     last = np.flatnonzero(~np.isnan(seed_acc))[-1]
                     ax.plot(r["step"][last], seed_acc[last], "x", color=color, ms=9, mew=2)
     for ax in axes:
-        ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label=f"best {reference}")
+        if target is not None:
+            ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label="target")
         ax.set(xlabel="training step")
-    relu.set(title="ReLU networks", ylim=(0, 1), ylabel="test accuracy")
+    relu.set(title="ReLU networks", ylim=(0, 1), ylabel=ylabel)
     sigmoid.set(title="sigmoid networks", ylim=(0, 1))
-    enlarged.set(title=f"ReLU networks, the top {zoom:.0%}", ylim=(top - zoom, top + 0.01),
+    enlarged.set(title=f"ReLU networks, the top {zoom:.0%}", ylim=(top - zoom, top + 0.005),
                  xlim=(0, None))
     for ax in (relu, sigmoid):
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def schedules(steps, specs, styles=None):
+    """The learning rate against the step for each ``{name: rates (steps,)}`` of
+    ``specs``, on a log axis, and (right) its mean over the run as a multiple of the
+    first entry's mean (what "×5" amounts to, averaged over the run)."""
+    styles = styles or FIGURE3_STYLES
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(10.5, 3.4), width_ratios=(1.6, 1))
+    names = list(specs)
+    base = np.mean(specs[names[0]])
+    for name in names:
+        color, style = styles.get(name, (COLORS["grey"], "-"))
+        ax.plot(np.arange(steps), specs[name], color=color, ls=style, label=name)
+    ax.set(yscale="log", xlabel="training step", ylabel="learning rate")
+    ax.legend(fontsize=8, loc="lower left")
+    means = [np.mean(specs[n]) / base for n in names]
+    bars.barh(range(len(names)), means,
+              color=[styles.get(n, (COLORS["grey"],))[0] for n in names])
+    for i, m in enumerate(means):
+        bars.text(m, i, f" ×{m:.2g}", va="center", fontsize=8)
+    bars.set_yticks(range(len(names)), names, fontsize=8)
+    bars.invert_yaxis()
+    bars.set(xlabel=f"mean rate over the run ÷ {names[0]}'s", xlim=(0, max(means) * 1.25))
+    bars.grid(False)
     fig.tight_layout()
     return fig
 
@@ -962,20 +1017,23 @@ def saturation_over_training(panels, titles):
 
 
 def regularization_panels(table, ghost_sizes, ghost_gaps, colors):
-    """(a) train and test accuracy of each configuration (mean ± sd bars), (b) the
-    train-test gap against the ghost batch size (``ghost_gaps: (sizes, seeds)``)."""
+    """(a) train (open) and test (filled) accuracy of each configuration, each seed a
+    small dot, the mean ± sd a large one (dots, not bars: the axis zooms in on the
+    differences without bars cut at an arbitrary floor), (b) the train-test gap
+    against the ghost batch size (``ghost_gaps: (sizes, seeds)``)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.6))
     names = list(table)
     x = np.arange(len(names))
-    for offset, key, hatch in ((-0.2, "train_acc", None), (0.2, "acc", "//")):
-        mean = [np.mean(table[n][key]) for n in names]
-        sd = [np.std(table[n][key], ddof=1) for n in names]
-        ax1.bar(x + offset, mean, 0.4, yerr=sd, capsize=3, hatch=hatch,
-                color=[colors[n] for n in names], alpha=0.8, edgecolor="white",
-                label="train" if hatch is None else "test")
-    low = min(np.mean(table[n]["acc"]) for n in names)
-    ax1.set(xticks=x, ylim=(max(0.0, low - 0.05), 1.0), ylabel="accuracy",
-            title="(a) train (plain) and test (hatched)")
+    for offset, key, face in ((-0.15, "train_acc", "white"), (0.15, "acc", None)):
+        for i, n in enumerate(names):
+            values = np.asarray(table[n][key], dtype=float)
+            mean, sd = _mean_sd(values, 0)
+            c = colors[n]
+            ax1.plot(np.full(len(values), x[i] + offset), values, ".", color=c, alpha=0.4)
+            ax1.errorbar(x[i] + offset, mean, yerr=sd, fmt="o", ms=7, capsize=3, color=c,
+                         mfc=face or c)
+    # the title names the markers: a legend would sit on some network's points
+    ax1.set(xticks=x, ylabel="accuracy", title="(a) train (open) and test (filled)")
     ax1.set_xticklabels(names, fontsize=8)
     mean, sd = _mean_sd(ghost_gaps, 1)
     ax2.errorbar(ghost_sizes, mean, yerr=sd, marker="o", capsize=3, color=COLORS["bn"])

@@ -102,3 +102,23 @@ def test_ratio_and_picture():
 def test_bad_input_is_refused(pct, message):
     with pytest.raises(ValueError, match=message):
         dr.drift(pct)
+
+
+def test_seed_picture_needs_the_seeds_to_agree():
+    # one seed: the threshold alone
+    assert dr.seed_picture([3.0]) == "paper" and dr.seed_picture([0.3]) == "reversed"
+    # three seeds, all about 3 times: the paper's picture
+    assert dr.seed_picture([2.8, 3.0, 3.3]) == "paper"
+    # a geometric mean above 2 made by one seed, the others below 1: not decided
+    assert dr.seed_picture([40.0, 0.9, 0.8]) == "neither"
+    assert dr.seed_picture([0.3, 0.25, 0.35]) == "reversed"
+    with pytest.raises(ValueError, match="NaN"):
+        dr.seed_picture([1.0, np.nan])
+
+
+def test_ratio_text_never_writes_exponents():
+    """The prose once read "from 2.9e+02"."""
+    assert dr.ratio_text(290.4) == "290"
+    assert dr.ratio_text(1.2e5) == "120,000"
+    assert dr.ratio_text(5.46) == "5.5" and dr.ratio_text(0.412) == "0.41"
+    assert "e" not in dr.ratio_text(2.9e2)

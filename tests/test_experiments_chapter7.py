@@ -135,6 +135,38 @@ def test_regularization_returns_train_test_and_gap(monkeypatch, tmp_path):
     assert not np.array_equal(out["bn"]["train_curve"], out["ghost_6"]["train_curve"])
 
 
+def test_regularization_takes_a_rate_and_a_dropout_per_network(monkeypatch, tmp_path):
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    small = {"n_train": 120, "hidden": (8,), "batch_size": 12, "evals": 2, "n_val": 50,
+             "n_test": 50, "progress": False}
+    one = regularization.regularization(4, (0,), {"none": 0.1, "bn": 0.1}, nets=("none",),
+                                        dropout={"none": 0.5, "bn": 0.5}, **small)
+    other = regularization.regularization(4, (0,), {"none": 0.1, "none_dropout": 0.3,
+                                                    "bn": 0.1}, nets=("none",),
+                                          dropout={"none": 0.2, "bn": 0.5}, **small)
+    np.testing.assert_array_equal(one["none"]["acc"], other["none"]["acc"])  # unchanged
+    assert not np.array_equal(one["none_dropout"]["train_curve"],
+                              other["none_dropout"]["train_curve"])
+
+
+def test_tune_searches_dropout_and_rate_and_says_if_the_best_is_inside(monkeypatch,
+                                                                       tmp_path):
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
+    t = regularization.tune(4, False, (0.03, 0.1, 0.3), dropouts=(0.0, 0.2, 0.5),
+                            n_train=120, hidden=(8,), batch_size=12, evals=2, n_val=50,
+                            n_test=50, progress=False)
+    assert t["val_acc"].shape == (3, 3) and t["dropout"].tolist() == [0.0, 0.2, 0.5]
+    grid = {"lr": np.array([0.1, 0.3, 1.0]), "dropout": np.array([0.0, 0.1, 0.2, 0.5])}
+    peak = np.zeros((4, 3))
+    peak[2, 1], peak[0, 2] = 1.0, 0.5
+    assert regularization.best({**grid, "val_acc": peak}, dropout=True) == (0.2, 0.3, True)
+    assert regularization.best({**grid, "val_acc": peak}, dropout=False) == (0.0, 1.0, False)
+    peak[3, 1] = 2.0  # the largest dropout rate: the grid must grow
+    assert regularization.best({**grid, "val_acc": peak}, dropout=True) == (0.5, 0.3, False)
+    peak[1, 1] = 3.0  # the smallest positive rate is bracketed by 0
+    assert regularization.best({**grid, "val_acc": peak}, dropout=True) == (0.1, 0.3, True)
+
+
 def _run(val, acc=None, diverged=(False, False, False)):
     val = np.asarray(val, dtype=float)
     return {"val_acc": val, "acc": val if acc is None else np.asarray(acc, dtype=float),
@@ -155,15 +187,25 @@ def test_largest_stable_is_the_top_of_the_unbroken_run_from_the_bottom():
     assert lrs.largest_stable({1: ok, 10: ok}, 0.5) == 10
 
 
-def test_gains_are_differences_of_mean_final_accuracy_and_shares_of_the_total():
-    runs = {"bn": _run([[0.8], [0.8], [0.8]]), "rate": _run([[0.83], [0.81], [0.82]]),
-            "all": _run([[0.84], [0.84], [0.84]]),
+def test_gains_are_paired_differences_and_shares_only_of_a_clear_total():
+    runs = {"bn": _run([[0.8], [0.81], [0.79]]), "rate": _run([[0.83], [0.82], [0.81]]),
+            "all": _run([[0.84], [0.85], [0.83]]),
             "broken": _run([[0.9], [0.9], [0.9]], diverged=(True, True, True))}
     g = lrs.gains(runs)
-    assert g["bn"] == (0.0, 0.0)
-    assert g["rate"][0] == pytest.approx(0.02) and g["rate"][1] == pytest.approx(0.5)
-    assert g["all"][1] == pytest.approx(1.0)
-    assert g["broken"][0] == pytest.approx(0.1 - 0.8)  # a diverged seed counts as chance
+    assert g["bn"].gain == 0 and g["bn"].paired.level
+    assert g["rate"].gain == pytest.approx(0.02) and g["rate"].share == pytest.approx(0.5)
+    assert g["all"].share == pytest.approx(1.0) and g["all"].paired.above
+    assert g["broken"].gain == pytest.approx(0.1 - 0.8)  # a diverged seed counts as chance
+    assert g["broken"].paired.below
+
+
+def test_no_share_of_a_total_gain_that_is_not_clear():
+    """Issue 25: "no dropout (31% of the gain)" of a +0.72-point gain with sd 1.3."""
+    runs = {"bn": _run([[0.80], [0.81], [0.79]]), "dropout": _run([[0.81], [0.80], [0.80]]),
+            "all": _run([[0.82], [0.80], [0.80]])}
+    g = lrs.gains(runs)
+    assert g["all"].paired.level
+    assert g["dropout"].share is None and g["all"].share is None
 
 
 def test_ablation_and_x30_settings_change_one_thing_each():
@@ -284,10 +326,13 @@ def test_quiet_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch
              for norm in (False, True)]
     calls += [(deep_mlp.trainability, (2, (0.1, 1.0), (0,), rates),
                {"nets": (net,), **deep, **quiet}) for net in rates]
-    calls += [(regularization.tune_lr, (2, norm, (0.1, 1.0)), {**reg, **quiet})
+    calls += [(regularization.tune, (2, norm, (0.1, 1.0), (0.0, 0.2)), {**reg, **quiet})
               for norm in (False, True)]
-    calls += [(regularization.regularization, (2, (0,), rates),
-               {"virtual_batches": (6,), "nets": (net,), **reg, **quiet})
+    reg_rates = {**rates, "none_dropout": 1.0, "bn_dropout": 0.1}
+    dropout = {"none": 0.2, "bn": 0.1}
+    calls += [(regularization.regularization, (2, (0,), reg_rates),
+               {"virtual_batches": (6,), "dropout": dropout, "nets": (net,), **reg,
+                **quiet})
               for net in regularization.STACKS]
     calls += [(figure1.figure1_runs, ((0.1,), (0.05,), (0,)), {**fig1, **quiet})]
     prefill(calls, workers=1)
@@ -295,9 +340,10 @@ def test_quiet_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch
     assert len(files) == 2 * len(calls)  # one .json and one .npz per run
     for norm in (False, True):
         deep_mlp.tune_lr(2, norm, (0.1, 1.0), 0.5, **deep)
-        regularization.tune_lr(2, norm, (0.1, 1.0), **reg)
+        regularization.tune(2, norm, (0.1, 1.0), (0.0, 0.2), **reg)
     assert list(deep_mlp.trainability(2, (0.1, 1.0), (0,), rates, **deep)) == ["none", "bn"]
-    out = regularization.regularization(2, (0,), rates, virtual_batches=(6,), **reg)
+    out = regularization.regularization(2, (0,), reg_rates, virtual_batches=(6,),
+                                        dropout=dropout, **reg)
     assert list(out) == ["none", "none_dropout", "bn", "bn_dropout", "ghost_6"]
     figure1.figure1_runs((0.1,), (0.05,), (0,), **fig1)
     # a run trained again, under another key, would have written new files

@@ -315,8 +315,30 @@ def test_drift_summary_agrees_with_bnutils_drift(runs):
     base = np.median([drift.drift(runs["pct_baseline"][0, 0, s], 1).move for s in (0, 1)])
     bn = np.median([drift.drift(runs["pct_bn"][0, 0, s], 1).move for s in (0, 1)])
     assert d["ratio"][0, 0] == pytest.approx(base / bn)
+    # each seed's ratio of its typical moves, the spread that the pooled ratio hides
+    assert d["ratio_seed"].shape == (2, 1, 2)
+    np.testing.assert_allclose(d["ratio_seed"], d["move_baseline"] / d["move_bn"])
     with pytest.raises(ValueError, match="not logged"):
         drift_summary(runs, start=5)
+
+
+def test_choose_setting_takes_the_best_rate_and_scale_on_validation():
+    lrs, stds = [0.1, 0.5, 2.0], [0.05, 0.2, 0.5]
+    acc = np.full((3, 3), 0.9)
+    acc[1, 1] = 0.95
+    assert f1.choose_setting(lrs, stds, acc) == (0.5, 0.2, True)
+    acc[1, 2] = 0.96  # the largest scale: the grid must grow
+    assert f1.choose_setting(lrs, stds, acc) == (0.5, 0.5, False)
+    with pytest.raises(ValueError, match="finite"):
+        f1.choose_setting(lrs, stds, np.full((3, 3), np.nan))
+
+
+def test_cached_runs_load_without_a_word(capsys):
+    """Chapter 5 printed ten "loaded cached result ... _cache/results" lines."""
+    f1.figure1_runs((0.5,), (0.05,), (0,), **{**GRID, "progress": False})
+    capsys.readouterr()
+    f1.figure1_runs((0.5,), (0.05,), (0,), **{**GRID, "progress": False})
+    assert "cached result" not in capsys.readouterr().out
 
 
 def test_nearest_lr():

@@ -11,9 +11,11 @@ from bnutils.experiments.figure3 import (
     CONFIGS,
     config_settings,
     run_cnn,
+    schedule,
     settings,
     stack,
     table,
+    target,
 )
 from bnutils.models import small_cnn
 
@@ -71,9 +73,17 @@ def test_figure3_returns_every_configuration(tmp_path, monkeypatch):
         results["bn"]["weight_decay"][0] / 5)
     assert results["bn_x5"]["lr_half_life"][0] == pytest.approx(
         results["bn"]["lr_half_life"][0] / 6)
+    # the control: the baseline with the fast runs' decay, and nothing else
+    assert results["baseline_decay"]["lr_half_life"][0] == pytest.approx(
+        results["baseline"]["lr_half_life"][0] / 6)
+    assert results["baseline_decay"]["dropout"] == results["baseline"]["dropout"]
+    assert results["baseline_decay"]["lr"] == results["baseline"]["lr"]
+    # validation is measured at every evaluation: it chooses
+    assert np.isfinite(results["bn"]["val_acc"]).all()
     rows = {row["name"]: row for row in table(results)}
     baseline = results["baseline"]
-    assert rows["baseline"]["steps_to_reference"] == baseline["step"][baseline["acc"][0].argmax()]
+    assert rows["baseline"]["chosen_step"] == [
+        int(baseline["step"][baseline["val_acc"][0].argmax()])]
     with pytest.raises(ValueError, match="unknown configurations"):
         figure3(configs=["bn_x100"], **TINY)
 
@@ -119,6 +129,7 @@ def test_settings_apply_each_change_alone():
             k: v for k, v in base.items() if k != key}
     assert settings(changes=[("rate", 30)])["lr"] == pytest.approx(3.0)
     assert config_settings("bn_x5") == settings("bn", changes=["rate", *CHANGES[1:]])
+    assert config_settings("baseline_decay") == settings(changes=["decay"])
     with pytest.raises(ValueError, match="unknown change"):
         settings(changes=["lrn"])
 
@@ -162,38 +173,53 @@ def test_slow_parameters_get_their_own_rate():
     assert len(affine) == 6  # gamma and beta of three BN layers
 
 
-def test_table_measures_every_row_against_the_reference_best():
-    """Steps to the *reference's* best accuracy, not each row's own (issue 15)."""
+def test_table_chooses_on_validation_and_reports_test_there():
+    """Issue 25: the best accuracy was a maximum over test evaluations, and the steps
+    to the baseline's best were its last evaluation by construction."""
     step = np.array([0, 100, 200, 300])
 
-    def run(acc, lr=0.1, diverged=False):
-        return {"step": step, "acc": np.array(acc), "lr": lr, "diverged": diverged}
+    def run(val, acc, lr=0.1, diverged=False):
+        return {"step": step[:len(val)], "val_acc": np.array(val), "acc": np.array(acc),
+                "lr": lr, "diverged": diverged}
 
     results = {
-        "baseline": run([0.1, 0.5, 0.7, 0.6]),  # best 0.7 at step 200
-        "fast": run([0.1, 0.75, 0.8, 0.95], lr=0.5),  # passes 0.7 at step 100
-        "slow": run([0.1, 0.3, 0.5, 0.69]),  # never reaches 0.7
-        "broken": run([0.1, 0.72, 0.1], diverged=True),
+        # validation peaks at 200 (0.80); test peaks at 300: test is not looked at
+        "baseline": run([0.1, 0.70, 0.80, 0.795], [0.1, 0.69, 0.70, 0.75]),
+        "fast": run([0.1, 0.79, 0.81, 0.82], [0.1, 0.78, 0.80, 0.83], lr=0.5),
+        "slow": run([0.1, 0.3, 0.5, 0.77], [0.1, 0.3, 0.5, 0.76]),
+        "broken": run([0.1, 0.80, 0.1], [0.1, 0.79, 0.1], diverged=True),
     }
-    results["broken"]["step"] = step[:3]
     rows = {r["name"]: r for r in table(results)}
-    assert rows["baseline"]["steps_to_reference"] == 200
-    assert rows["fast"]["steps_to_reference"] == 100  # its own best (0.95) comes at 300
-    assert rows["slow"]["steps_to_reference"] is None  # its own best it reaches, at 300
-    assert rows["broken"]["steps_to_reference"] == 100
-    assert [rows[n]["best_acc"] for n in results] == [0.7, 0.95, 0.69, 0.72]
+    assert rows["baseline"]["chosen_step"] == [200]
+    assert rows["baseline"]["chosen_acc"] == 0.70  # test at the chosen step, not 0.75
+    assert rows["fast"]["chosen_acc"] == 0.83
+    assert rows["broken"]["chosen_step"] == [100] and rows["broken"]["final_acc"] == 0.1
+    # target: the baseline's final validation accuracy minus 1 point, 0.785
+    assert target(results)[0] == pytest.approx(0.785)
+    assert str(rows["baseline"]["reach"]) == "200"  # before its end
+    assert rows["fast"]["reach"].step == 100
+    assert rows["slow"]["reach"].censored
+    assert str(rows["slow"]["reach"]) == "not reached in 300 steps"
     assert rows["fast"]["lr"] == 0.5 and rows["broken"]["diverged"] is True
     other = {r["name"]: r for r in table(results, reference="fast")}
-    assert other["fast"]["steps_to_reference"] == 300
-    assert other["baseline"]["steps_to_reference"] is None
+    assert other["baseline"]["reach"].censored  # never 0.81 on validation
 
 
-def test_clearly_above_needs_the_ranges_apart():
-    from bnutils.experiments.figure3 import clearly_above
+def test_target_says_whether_the_reference_has_flattened():
+    step = np.array([0, 100, 200, 300, 400])
+    climbing = {"b": {"step": step, "val_acc": np.array([0.1, 0.6, 0.7, 0.75, 0.78])}}
+    flat = {"b": {"step": step, "val_acc": np.array([[0.1, 0.6, 0.78, 0.779, 0.78]] * 3)}}
+    assert target(climbing, "b") == (pytest.approx(0.77), False)
+    assert target(flat, "b") == (pytest.approx(0.77), True)
 
-    assert clearly_above([0.9, 0.91, 0.92], [0.8, 0.81, 0.79])
-    assert not clearly_above([0.8, 0.81, 0.79], [0.9, 0.91, 0.92])
-    assert not clearly_above([0.85, 0.95, 0.9], [0.86, 0.82, 0.84])  # ranges overlap
+
+def test_schedule_halves_every_half_life():
+    fast = schedule(config_settings("bn_x5"), 600)
+    assert fast[0] == pytest.approx(0.5) and fast[100] == pytest.approx(0.25)
+    slow = schedule(config_settings("baseline"), 600)
+    assert slow[600 - 1] == pytest.approx(0.1 * 0.5 ** (599 / 600))
+    # the fast rate falls below the baseline's at 600 * log2(5) / 5 = 278.6 steps
+    assert np.flatnonzero(fast < slow)[0] == 279
 
 
 def test_a_run_that_diverges_before_its_first_evaluation_stacks_with_the_others(
@@ -224,3 +250,15 @@ def test_a_run_that_diverges_inside_its_trace_stacks_with_the_others():
     assert both["trace"]["dead"].shape == (2, 3, 3)
     np.testing.assert_array_equal(both["trace"]["loss"][0], fine["trace"]["loss"])
     assert np.isnan(both["trace"]["loss"][1, short:]).all()
+
+
+def test_chosen_is_the_first_best_validation_evaluation_of_each_seed():
+    from bnutils.experiments.figure3 import chosen
+
+    r = {"val_acc": np.array([[0.1, 0.8, 0.8, 0.7], [0.1, 0.6, np.nan, np.nan]]),
+         "acc": np.array([[0.1, 0.79, 0.81, 0.72], [0.1, 0.58, np.nan, np.nan]])}
+    index, acc = chosen(r)
+    assert index.tolist() == [1, 1]  # ties go to the first; NaN after divergence
+    assert acc.tolist() == [0.79, 0.58]
+    gone = {"val_acc": np.zeros((2, 0)), "acc": np.zeros((2, 0))}
+    assert chosen(gone)[1].tolist() == [0.1, 0.1]  # diverged before any evaluation

@@ -65,3 +65,139 @@ def test_clearly_less_needs_separated_ranges():
     # separated means, but one run's spread reaches the other's range
     assert not v.clearly_less([1.0, 1.0, 1.0], [2.0, 1.0, 3.0])
     assert not v.clearly_less([0.0, 1.0, 2.0], [2.0, 2.0, 2.0])
+
+
+# --- the rules of a verdict (each test names the old rule it replaces) --------------------
+
+
+def _old_clearly_above(a, b):
+    """The rule the book used before: the bands mean ± sd do not overlap."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.mean() - a.std(ddof=1) > b.mean() + b.std(ddof=1)
+
+
+def test_paired_sees_a_difference_that_the_seeds_share():
+    """Each seed of a is exactly 1 point above the same seed of b, while the seeds
+    scatter by 10 points: the bands overlap, the paired differences do not scatter."""
+    b = np.array([0.70, 0.80, 0.90])
+    a = b + 0.01
+    assert not _old_clearly_above(a, b)
+    p = v.paired(a, b)
+    assert p.above and p.outcome == "above" and p.mean == pytest.approx(0.01)
+    assert v.paired(b, a).below
+
+
+def test_paired_refuses_a_difference_that_is_not_consistent():
+    """Non-overlapping bands, but the differences (+2, +0.5, +4 points) scatter as much
+    as their mean: the 95% interval of the mean difference contains 0."""
+    a, b = [0.80, 0.79, 0.815], [0.78, 0.785, 0.775]
+    assert _old_clearly_above(a, b)
+    p = v.paired(a, b)
+    assert p.level and not p.above
+    assert p.mean - p.half_width < 0 < p.mean + p.half_width
+
+
+def test_paired_uses_the_t_quantile_of_its_seeds():
+    # three seeds: t(0.975, 2) = 4.303; the half-width is t * sd / sqrt(3)
+    p = v.paired([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert p.half_width == pytest.approx(4.303 * 1.0 / np.sqrt(3))
+    assert p.level  # mean 2 < 2.48: the interval reaches below 0
+    assert v.paired([2.0, 3.0, 4.0], [0.0, 0.0, 0.0]).above
+    assert v.t_quantile(40) == pytest.approx(2.021, abs=2e-3)  # tables: 2.021
+
+
+def test_paired_rejects_what_it_cannot_compare():
+    with pytest.raises(ValueError, match="one per seed"):
+        v.paired([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        v.paired([1], [0])
+    with pytest.raises(ValueError, match="finite"):
+        v.paired([1, np.nan], [0, 0])
+
+
+def test_identical_runs_are_level():
+    assert v.paired([0.5, 0.6], [0.5, 0.6]).level
+
+
+def test_a_verdict_has_words_for_every_outcome(monkeypatch):
+    glued = {}
+    monkeypatch.setattr("myst_nb.glue", lambda k, t, display: glued.update({k: t}))
+    words = {
+        "paper": "shows the paper's picture",
+        "reversed": "reverses it",
+        "neither": "shows neither",
+    }
+    assert v.verdict("k", "reversed", words) == "reverses it"
+    assert glued == {"k": "reverses it"}
+    with pytest.raises(ValueError, match="no words for the outcome 'both'"):
+        v.verdict("k", "both", words, glue=False)
+    with pytest.raises(ValueError, match="two different texts"):
+        v.verdict("k", "a", {"a": "x", "b": "x"}, glue=False)
+    with pytest.raises(TypeError):
+        v.verdict("k", True, "yes", glue=False)
+
+
+def test_counts_have_words_for_none_and_all():
+    """The old prose read "BN's drifts at least twice as far at 0"."""
+    assert v.counted(0, 12, "settings") == "none of the 12 settings"
+    assert v.counted(12, 12, "settings") == "all 12 settings"
+    assert v.counted(5, 12, "settings") == "5 of the 12 settings"
+    assert v.counted(0, 0, "settings") == "no settings"
+    assert v.counted(2, 2) == "both"
+    with pytest.raises(ValueError):
+        v.counted(3, 2)
+
+
+def _old_monotone(x, y):
+    """The old trend test: the ratio falls at 70% or more of the steps up in rate."""
+    return (np.diff(np.log(y)) < 0).mean() >= 0.7
+
+
+def test_rank_trend_finds_a_fall_that_the_monotone_share_missed():
+    """Medians falling 290 -> 5.5 with two steps up on the way: 4 of 6 steps fall
+    (67% < 70%), so the old test said "no steady trend"."""
+    lrs = [0.05, 0.1, 0.2, 0.5, 1, 2, 4]
+    y = [290, 100, 150, 40, 60, 10, 5.5]
+    assert not _old_monotone(lrs, y)
+    t = v.rank_trend(lrs, np.column_stack([y, np.array(y) * 0.5 + 1]))
+    assert t.outcome == "falls" and t.rho < -0.8 and t.p < 0.05
+    assert v.rank_trend(lrs, y[::-1]).outcome == "rises"
+
+
+def test_rank_trend_says_none_for_noise():
+    rng = np.random.default_rng(1)
+    t = v.rank_trend(np.arange(7), rng.permutation(7) + 0.0)
+    assert t.outcome == "none" or t.p < 0.05  # a permutation is noise at most 5% of times
+    assert v.rank_trend([1, 2, 3, 4], [5, 5, 5, 5]).outcome == "none"
+
+
+def test_ranks_share_ties():
+    assert v.ranks([3, 1, 3, 2]).tolist() == [3.5, 1, 3.5, 2]
+    assert v.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
+
+
+def test_a_censored_run_is_never_a_number():
+    """Chapter 8 once reported "850 ± 0 steps", a stand-in for "never" in 800 steps."""
+    step = np.array([0, 200, 400, 600, 800])
+    never = v.first_reach(step, [0.1, 0.5, 0.6, 0.7, 0.8], 0.9)
+    assert never.censored and str(never) == "not reached in 800 steps"
+    hit = v.first_reach(step, [0.1, 0.5, np.nan, 0.95, 0.8], 0.9)
+    assert hit == v.Reach(600, 800) and str(hit) == "600"
+    assert v.speedup(hit, v.Reach(200, 800)) == 3
+    assert v.speedup(never, hit) is None and v.speedup(hit, never) is None
+
+
+def test_a_share_needs_a_clear_total():
+    """The ablation once credited "31% of the gain" of a total of +0.72 (sd 1.3)."""
+    noisy = v.paired([0.80, 0.82, 0.79], [0.80, 0.795, 0.79])
+    assert noisy.level and v.share(0.0023, noisy) is None
+    clear = v.paired([0.82, 0.83, 0.84], [0.80, 0.81, 0.82])
+    assert v.share(0.01, clear) == pytest.approx(0.5)
+
+
+def test_plateau_is_the_gain_over_the_last_quarter():
+    step = np.array([0, 100, 200, 300, 400])
+    assert not v.plateaued(step, [0.1, 0.6, 0.7, 0.75, 0.78])  # +3 points from 300
+    assert v.plateaued(step, [0.1, 0.6, 0.78, 0.779, 0.78])
+    # the tail starts between two logs: interpolated (0.70 at 300 from 200 and 400)
+    assert not v.plateaued([0, 200, 400], [0.1, 0.6, 0.8])

@@ -14,7 +14,14 @@ as files and fail when the two mechanisms are bypassed or come apart:
 5. guards quote the text: a guard's claim appears in the markdown, so editing the
    sentence without its guard (or keeping a guard for a sentence that is gone) fails;
 6. known typed verdicts (found in review, listed below) are gone or guarded;
-7. every glue key the text cites is glued by the notebook it names.
+7. every glue key the text cites is glued by the notebook it names;
+8. a sentence says what its condition tests: words that claim each of several
+   alternatives ("slowing either A or B alone lets it train") need a condition that
+   requires each of them, not one that holds when any does (``a or b``, ``any(...)``);
+9. glued words carry no Markdown (``{glue:text}`` shows backticks and asterisks as
+   they are).
+
+A verdict may have more than two outcomes: ``verdict(key, outcome, {outcome: words})``.
 
 ``test_checks_catch_planted_bugs`` plants each known bug once and sees it caught.
 """
@@ -135,17 +142,28 @@ class Notebook:
         self.name = name
         self.markdown = _markdown(nb)
         self.verdicts, self.guards, self.glued, self.hand_made = [], [], [], []
+        self.strings = []  # the string literals glued as text
+        self.assigned = {}  # name -> the expressions assigned to it
         choices = set()
         for tree in _code(nb):
             for node in ast.walk(tree):
                 if isinstance(node, ast.Assign) and _is_word_choice(node.value):
                     choices |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+                if isinstance(node, ast.Assign):
+                    for t in node.targets:
+                        if isinstance(t, ast.Name):
+                            self.assigned.setdefault(t.id, []).append(node.value)
             for node in ast.walk(tree):
                 if not isinstance(node, ast.Call):
                     continue
                 name, key = _call_name(node), _arg(node, 0, "key")
                 if name in VERDICT_NAMES:
                     texts = (_arg(node, 2, "if_true"), _arg(node, 3, "if_false"))
+                    words = texts[0]
+                    if isinstance(words, ast.Name) and len(self.assigned.get(words.id, [])) == 1:
+                        words = self.assigned[words.id][0]  # a dict of words named once
+                    if isinstance(words, ast.Dict):  # one text per outcome
+                        texts = tuple(words.values)
                     self.verdicts.append(dict(
                         key=_const_str(key), pattern=_key_pattern(key),
                         holds=_arg(node, 1, "holds"), texts=texts,
@@ -156,6 +174,8 @@ class Notebook:
                 elif name == "glue" and key is not None:
                     self.glued.append(_key_pattern(key))
                     value = _arg(node, 1, "variable")
+                    self.strings += [n.value for n in ast.walk(value or ast.Pass())
+                                     if _const_str(n) is not None]
                     if value is not None and (_is_word_choice(value) or any(
                             isinstance(n, ast.Name) and n.id in choices
                             for n in ast.walk(value))):
@@ -194,7 +214,7 @@ def check_verdict_form(nb):
     for v in nb.verdicts:
         where = f"{nb.name}: verdict {v['key'] or v['pattern']}"
         written = all(isinstance(t, (ast.Constant, ast.JoinedStr)) for t in v["texts"])
-        if not written or (None not in v["words"] and v["words"][0] == v["words"][1]):
+        if not written or (None not in v["words"] and len(set(v["words"])) < 2):
             problems.append(f"{where}: needs two different alternatives written out "
                             f"(string literals or f-strings)")
         if isinstance(v["holds"], ast.Constant):
@@ -269,8 +289,50 @@ def check_cited_keys_exist(nb, others):
     return problems
 
 
+EACH_OF = re.compile(r"\beither\b[^.;:]*\bor\b", re.I)
+
+
+def _any_of(node, nb, depth=0):
+    """Does the condition ``node`` hold when any one of several things does: an ``or``,
+    or ``any(...)``, in it or in what a name in it was assigned (followed 3 deep)?"""
+    for n in ast.walk(node):
+        if isinstance(n, ast.BoolOp) and isinstance(n.op, ast.Or):
+            return True
+        if isinstance(n, ast.Call) and _call_name(n) == "any":
+            return True
+        if isinstance(n, ast.Name) and depth < 3 and any(
+                _any_of(v, nb, depth + 1) for v in nb.assigned.get(n.id, [])):
+            return True
+    return False
+
+
+def check_either_or_matches_its_condition(nb):
+    """Chapter 7 said "slowing either γ and β or the last layer alone lets `bn_x30`
+    train" when *one* of the two fixes worked, while its table showed the other fail."""
+    problems = []
+    for v in nb.verdicts:
+        holds = v["holds"]
+        if holds is None or not _any_of(holds, nb):
+            continue
+        for word in v["words"]:
+            if word and EACH_OF.search(word):
+                problems.append(
+                    f"{nb.name}: verdict {v['key'] or v['pattern']!r} says {word[:60]!r}... "
+                    f"(each alternative) but holds when any one does: decide it from the "
+                    f"same per-alternative condition its table shows")
+    return problems
+
+
+def check_no_markup_in_glued_words(nb):
+    """``{glue:text}`` shows glued text as it is: backticks and ``**`` appear raw."""
+    words = [w for v in nb.verdicts for w in v["words"] if w] + nb.strings
+    return [f"{nb.name}: glued text {w[:50]!r} contains Markdown that the page shows raw"
+            for w in words if "`" in w or "**" in w]
+
+
 CHECKS = [check_no_hand_made_verdicts, check_verdict_form, check_no_typed_alternative,
-          check_guards_quote_the_text, check_known_typed_verdicts]
+          check_guards_quote_the_text, check_known_typed_verdicts,
+          check_either_or_matches_its_condition, check_no_markup_in_glued_words]
 
 
 def problems_of(nb, others):
@@ -396,3 +458,42 @@ def test_clean_notebooks_have_no_problems(books):
     """The plants above fail on an otherwise clean notebook, not on a dirty one."""
     for name in ("04_inference", "08_why_bn_works", "09_small_batches"):
         assert problems_of(books[name], books) == [], name
+
+
+def test_planted_either_or_with_an_any_condition_is_caught():
+    """Chapter 7's old cell: the sentence claims each fix works, the condition any."""
+    def plant(nb):
+        nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [],
+                            "execution_count": None, "source":
+                            'unprotected = works["slow_affine"] or works["slow_head"]\n'
+                            'verdict("ch07_mechanism", unprotected and not works["bn_x30"],\n'
+                            '        "slowing either γ and β or the last layer alone lets it '
+                            'train", "the runs do not single them out")'})
+        nb["cells"].append({"cell_type": "markdown", "metadata": {},
+                            "source": "{glue:text}`ch07_mechanism`."})
+        return nb
+    found = _planted("09_small_batches", plant)
+    assert [p for p in found if "holds when any one does" in p], found
+
+
+def test_planted_markup_in_glued_text_is_caught():
+    """Chapter 7 glued "**warmup**", which the page showed with its asterisks."""
+    def plant(nb):
+        nb["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [],
+                            "execution_count": None, "source":
+                            'glue("ch07_fixes", ", ".join(f"**{k}**" for k in fixed))\n'
+                            'glue("ch06_fastest", f"`{fastest}`", display=False)'})
+        return nb
+    found = _planted("09_small_batches", plant)
+    assert {p.split("'")[1] for p in found if "contains Markdown" in p} == {"**", "`"}, found
+
+
+def test_many_outcome_verdicts_are_read():
+    nb = Notebook("x", {"cells": [{"cell_type": "code", "source":
+                                   'verdict("k", pic, {"paper": "a", "reversed": "b", '
+                                   '"neither": "c"})'}]})
+    assert nb.verdicts[0]["words"] == ("a", "b", "c")
+    assert check_verdict_form(nb) == []
+    same = Notebook("x", {"cells": [{"cell_type": "code", "source":
+                                     'verdict("k", pic, {"a": "same", "b": "same"})'}]})
+    assert check_verdict_form(same)

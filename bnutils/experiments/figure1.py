@@ -134,7 +134,7 @@ def figure1_runs(lrs, init_stds=(0.05,), seeds=(0,), steps=50_000, inputs="stand
                   n_val=n_val, batch_size=batch_size, log_every=log_every, units=units,
                   pct_examples=pct_examples, n_test=n_test)
     return cache.train_or_load("figure1-runs", config,
-                               functools.partial(_runs, progress=progress))
+                               functools.partial(_runs, progress=progress), verbose=False)
 
 
 def figure1_sensitivity(lrs, init_stds, inputs=INPUTS, steps=5_000, seeds=(0,), **kwargs):
@@ -242,14 +242,33 @@ def choose_lr(lrs, val_acc):
     return float(lrs[best]), 0 < best < len(lrs) - 1
 
 
+def choose_setting(lrs, init_stds, val_acc):
+    """The learning rate and initial scale with the highest validation accuracy.
+
+    ``val_acc: (L, S)`` (or ``(L, S, R)``, averaged over the seeds): the validation
+    accuracy after the full run of each setting of ``lrs x init_stds`` (both
+    increasing). Only validation numbers go in. Returns ``(lr, init_std, interior)``;
+    ``interior`` is False when the best rate or the best scale lies at an edge of its
+    grid (extend the grid).
+    """
+    acc = np.asarray(val_acc, dtype=np.float64)
+    acc = acc.reshape(len(lrs), len(init_stds), -1).mean(-1)
+    if not np.all(np.isfinite(acc)):
+        raise ValueError("val_acc must be finite: one validation accuracy per setting")
+    i, j = np.unravel_index(int(np.argmax(acc)), acc.shape)
+    interior = 0 < i < len(lrs) - 1 and 0 < j < len(init_stds) - 1
+    return float(lrs[i]), float(init_stds[j]), bool(interior)
+
+
 def drift_summary(runs, start=0, end=None):
     """The drift of every setting of a ``figure1_runs`` result between two logged steps.
 
     ``start``, ``end``: steps (``end=None``: the last). Returns a dict of arrays
     ``(L, S, R)``: ``move_<net>`` and ``widen_<net>``, the medians over the recorded
-    units (``bnutils.drift``), and ``ratio: (L, S)``, how many times farther the
-    baseline's typical unit moved than the BN network's (medians over units and seeds).
-    Settings where either network diverged get NaN.
+    units (``bnutils.drift``), ``ratio_seed``, each seed's ratio of the two (baseline
+    over BN), and ``ratio: (L, S)``, how many times farther the baseline's typical unit
+    moved than the BN network's (medians over units and seeds pooled). Settings where
+    either network diverged get NaN.
     """
     steps = list(runs["step"])
     end = steps[-1] if end is None else end
@@ -266,6 +285,10 @@ def drift_summary(runs, start=0, end=None):
         moves[net] = np.where(bad[..., None], np.nan, d.move)  # (L, S, R, units)
         out[f"move_{net}"] = np.median(moves[net], axis=-1)
         out[f"widen_{net}"] = np.where(bad, np.nan, np.median(d.widen, axis=-1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base, bn = out["move_baseline"], out["move_bn"]
+        out["ratio_seed"] = np.where(bn > 0, base / bn, np.where(base > 0, np.inf, 1.0))
+        out["ratio_seed"] = np.where(bad, np.nan, out["ratio_seed"])
     shape = moves["bn"].shape
     pooled = {net: moves[net].reshape(*shape[:2], -1) for net in NETS}
     base, bn = (np.median(pooled[net], axis=-1) for net in NETS)

@@ -11,8 +11,11 @@ protocol (``figure3.protocol``, so that the runs they share come from its cache)
   30 times the rate), each trained with every seed.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
+from ..verdict import Paired, paired, share
 from .figure3 import cached_runs, config_settings, finals, run_cnn, settings
 from .parallel import prefill
 
@@ -119,17 +122,28 @@ def final_val(result):
     return finals({"acc": result["val_acc"], "diverged": result["diverged"]})
 
 
-def gains(results, reference="bn", total="all", key="acc"):
-    """For an ablation ``{name: result}``: each run's mean final accuracy (``key``:
-    ``"acc"`` test, ``"val_acc"`` validation) minus ``reference``'s, and that gain as
-    a share of ``total``'s gain. Returns ``{name: (gain, share)}``."""
-    def mean_final(r):
-        return finals({"acc": r[key], "diverged": r["diverged"]}).mean()
+class Gain(NamedTuple):
+    """One change of an ablation against the reference (see ``gains``)."""
 
-    base = mean_final(results[reference])
-    whole = mean_final(results[total]) - base
+    gain: float  # mean final accuracy minus the reference's
+    paired: Paired  # the change against the reference, seed by seed
+    share: float | None  # gain / total gain; None unless the total gain is clear
+
+
+def gains(results, reference="bn", total="all", key="acc"):
+    """For an ablation ``{name: result}``: each run's final accuracy (``key``: ``"acc"``
+    test, ``"val_acc"`` validation; a diverged seed counts as chance) against
+    ``reference``'s, seed by seed (``bnutils.verdict.paired``), and its mean gain as a
+    share of ``total``'s gain. The share is ``None`` unless ``total``'s gain is clear
+    under the paired rule: a share of a gain that may be noise is no share. Returns
+    ``{name: Gain}``."""
+    def final(r):
+        return finals({"acc": r[key], "diverged": r["diverged"]})
+
+    base = final(results[reference])
+    whole = paired(final(results[total]), base)
     out = {}
     for name, r in results.items():
-        gain = mean_final(r) - base
-        out[name] = (float(gain), float(gain / whole) if whole else float("nan"))
+        comparison = paired(final(r), base)
+        out[name] = Gain(comparison.mean, comparison, share(comparison.mean, whole))
     return out

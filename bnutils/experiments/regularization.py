@@ -154,26 +154,33 @@ STACKS = ("none", "bn", "ghost")
 
 def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, nets=STACKS,
                    progress=True, **options):
-    """{no BN, BN} x {no dropout, ``dropout``}, and BN with each ghost batch size of
+    """{no BN, BN} x {no dropout, dropout}, and BN with each ghost batch size of
     ``virtual_batches`` (no dropout), every one with every seed (cached).
 
-    ``lr``: ``{"none": rate, "bn": rate}`` (the ghost runs take BN's). Returns ``{name:
-    {train_acc, val_acc, acc, gap, train_curve, val_curve, step}}`` with ``name`` in
-    ``"none"``, ``"none_dropout"``, ``"bn"``, ``"bn_dropout"``, ``"ghost_<size>"``;
-    ``gap`` is train minus test accuracy, per seed. ``nets``: only the runs of these
-    stacks of ``STACKS`` (e.g. one per worker process, ``parallel.prefill``).
+    ``lr``: ``{"none": rate, "bn": rate}``, and optionally ``"none_dropout"`` and
+    ``"bn_dropout"`` (each network at its own tuned rate; missing: the rate without
+    dropout); the ghost runs take BN's. ``dropout``: one rate, or ``{"none": p, "bn":
+    p}`` (each tuned). Returns ``{name: {train_acc, val_acc, acc, gap, train_curve,
+    val_curve, step}}`` with ``name`` in ``"none"``, ``"none_dropout"``, ``"bn"``,
+    ``"bn_dropout"``, ``"ghost_<size>"``; ``gap`` is train minus test accuracy, per seed.
+    ``nets``: only the runs of these stacks of ``STACKS`` (e.g. one per worker process,
+    ``parallel.prefill``).
     """
-    variants = {"none": [((0.0, None), "none"), ((dropout, None), "none_dropout")],
-                "bn": [((0.0, None), "bn"), ((dropout, None), "bn_dropout")],
+    p = dropout if isinstance(dropout, dict) else {"none": dropout, "bn": dropout}
+    variants = {"none": [((0.0, None), "none"), ((p["none"], None), "none_dropout")],
+                "bn": [((0.0, None), "bn"), ((p["bn"], None), "bn_dropout")],
                 "ghost": [((0.0, int(v)), f"ghost_{v}") for v in virtual_batches]}
     out = {}
     for net in nets:
         if not variants[net]:
             continue
         norm = net != "none"
+        base = "bn" if norm else "none"
+        rates = [float(lr.get(name, lr[base])) if net != "ghost" else float(lr["bn"])
+                 for _, name in variants[net]]
         config = {"steps": steps, "norm": norm,
-                  "nets": [list(v) for v, _ in variants[net]], "seeds": list(seeds),
-                  "lr": float(lr["bn" if norm else "none"]), **options}
+                  "nets": [[float(d), v] for (d, v), _ in variants[net]],
+                  "seeds": list(seeds), "lr": rates, **options}
         r = train_or_load(
             f"regularization-{net}", config,
             lambda **c: run_nets(**{**c, "nets": [tuple(v) for v in c["nets"]]},
@@ -187,16 +194,40 @@ def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, nets=STACK
     return out
 
 
-def tune_lr(steps, norm, rates, seed=0, progress=True, **options):
-    """Final validation accuracy of the plain net (no dropout) at each rate of
-    ``rates``, one seed (cached): ``{"lr": (rates,), "val_acc": (rates,)}``."""
+def tune(steps, norm, rates, dropouts=(0.0,), seed=0, progress=True, **options):
+    """Final validation accuracy of the net at every learning rate of ``rates`` and
+    dropout rate of ``dropouts`` (one stack, one seed; cached): ``{"lr": (R,),
+    "dropout": (D,), "val_acc": (D, R)}``."""
     def run(**c):
-        r = run_nets(c["steps"], c["norm"], [(0.0, None)] * len(c["rates"]), [c["seed"]],
-                     lr=c["rates"], progress=progress,
-                     **{k: c[k] for k in c if k not in ("steps", "norm", "rates", "seed")})
-        return {"lr": np.array(c["rates"]), "val_acc": r["val_acc"][:, 0]}
+        grid = [(d, r) for d in c["dropouts"] for r in c["rates"]]
+        out = run_nets(c["steps"], c["norm"], [(d, None) for d, _ in grid], [c["seed"]],
+                       lr=[r for _, r in grid], progress=progress,
+                       **{k: c[k] for k in c
+                          if k not in ("steps", "norm", "rates", "dropouts", "seed")})
+        return {"lr": np.array(c["rates"]), "dropout": np.array(c["dropouts"]),
+                "val_acc": out["val_acc"][:, 0].reshape(len(c["dropouts"]), len(c["rates"]))}
 
-    config = {"steps": steps, "norm": norm, "rates": list(map(float, rates)), "seed": seed,
-              **options}
-    return train_or_load("regularization-lr", config, run, verbose=False)
+    config = {"steps": steps, "norm": norm, "rates": list(map(float, rates)),
+              "dropouts": list(map(float, dropouts)), "seed": seed, **options}
+    return train_or_load("regularization-tune", config, run, verbose=False)
 
+
+def best(tuned, dropout):
+    """The best setting of a ``tune`` result: ``(dropout rate, lr, interior)``.
+
+    ``dropout``: False for the network without dropout (the row ``dropout == 0``), True
+    for the one with dropout (the rows ``dropout > 0``). ``interior`` says whether the
+    choice is bracketed: the best rate lies inside the rate grid, and the best dropout
+    rate is not the largest of the grid (the smallest positive one is bracketed by
+    0 from below). A best value at an edge means: extend the grid.
+    """
+    val = np.asarray(tuned["val_acc"], dtype=float)
+    p = np.asarray(tuned["dropout"], dtype=float)
+    rows = np.flatnonzero(p > 0) if dropout else np.flatnonzero(p == 0)
+    if not len(rows):
+        raise ValueError(f"no {'positive' if dropout else 'zero'} dropout rate in "
+                         f"{p.tolist()}")
+    i, j = np.unravel_index(int(np.argmax(val[rows])), val[rows].shape)
+    row = rows[i]
+    inside = 0 < j < val.shape[1] - 1 and (not dropout or row < len(p) - 1)
+    return float(p[row]), float(tuned["lr"][j]), bool(inside)
