@@ -157,23 +157,6 @@ def glue(name, variable, display=True):
 _glue = glue  # verdict's argument ``glue`` hides the function's name there
 
 
-def mean_sd(values, axis=0):
-    """Mean and sample standard deviation (``ddof=1``) over ``axis``: the seeds."""
-    values = np.asarray(values, dtype=float)
-    return values.mean(axis), values.std(axis, ddof=1)
-
-
-def clearly_less(a, b):
-    """True when the runs ``a`` are below the runs ``b`` by more than their spread.
-
-    ``a, b``: one value per seed. "Clearly" means that the ranges mean ± sd of the two
-    do not overlap: ``mean(a) + sd(a) < mean(b) - sd(b)``. Chapters 8 and 9 use it so
-    that a difference smaller than the seed-to-seed variation is not called one.
-    """
-    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
-    return bool(ma + sa < mb - sb)
-
-
 # --- comparing two configurations, seed by seed ------------------------------------------
 
 
@@ -386,6 +369,50 @@ def speedup(reference, other):
     if reference.censored or other.censored or other.step == 0:
         return None
     return reference.step / other.step
+
+
+def sooner(a, b):
+    """Outcome of "does ``a`` reach the target sooner than ``b``?", seed by seed.
+
+    ``a, b``: one ``Reach`` per seed, same seeds in the same order. A censored run
+    counts as reaching one step after its horizon, a lower bound on when it would have:
+    that can only understate how much sooner the other side is. So ``"sooner"`` needs
+    every run of ``a`` to reach the target and ``paired`` to find ``a`` clearly below
+    ``b``; ``"later"`` is the same with the sides swapped; ``"level"`` otherwise.
+    """
+
+    def steps(reaches):
+        return [r.horizon + 1 if r.censored else r.step for r in reaches]
+
+    if len(a) != len(b):
+        raise ValueError(f"one Reach per seed on both sides, got {len(a)} and {len(b)}")
+    p = paired(steps(a), steps(b))
+    if p.below and not any(r.censored for r in a):
+        return "sooner"
+    if p.above and not any(r.censored for r in b):
+        return "later"
+    return "level"
+
+
+def reaches_text(reaches):
+    """Words for when the seeds' runs reached a target: ``'420 ± 35'`` (mean ± sd of the
+    steps) when all did, ``'not reached in 800 steps'`` when none did, and ``'2 of 3
+    seeds: 420 ± 35; one not reached in 800 steps'`` in between. A censored run is never
+    averaged in as a number."""
+    done = [r.step for r in reaches if not r.censored]
+    missed = [r for r in reaches if r.censored]
+    horizon = max(r.horizon for r in reaches)
+    if not done:
+        return f"not reached in {horizon:,} steps"
+    mean = float(np.mean(done))
+    sd = float(np.std(done, ddof=1)) if len(done) > 1 else 0.0
+    text = f"{mean:,.0f} ± {sd:,.0f}" if len(done) > 1 else f"{done[0]:,}"
+    if not missed:
+        return text
+    return (
+        f"{len(done)} of {len(reaches)} seeds: {text}; "
+        f"{len(missed)} not reached in {horizon:,} steps"
+    )
 
 
 def plateaued(step, curve, tolerance=0.003, tail=0.25):

@@ -51,22 +51,6 @@ def test_glue_without_myst_nb_stores_nothing_and_shows_on_request(monkeypatch):
     assert v.verdict("k2", True, "yes", "no") == "yes"  # verdict glues through it
 
 
-def test_mean_sd_over_the_seeds():
-    mean, sd = v.mean_sd([[1.0, 2.0], [3.0, 6.0]])
-    assert mean.tolist() == [2.0, 4.0] and sd == pytest.approx([np.sqrt(2), np.sqrt(8)])
-    mean, sd = v.mean_sd([[1.0, 3.0], [2.0, 6.0]], axis=1)
-    assert mean.tolist() == [2.0, 4.0] and sd == pytest.approx([np.sqrt(2), np.sqrt(8)])
-
-
-def test_clearly_less_needs_separated_ranges():
-    assert v.clearly_less([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
-    assert not v.clearly_less([1.0, 1.5, 0.5], [2.0, 2.5, 1.5])  # 1.5 + ... overlaps
-    assert not v.clearly_less([2.0, 2.1, 1.9], [1.0, 1.1, 0.9])
-    # separated means, but one run's spread reaches the other's range
-    assert not v.clearly_less([1.0, 1.0, 1.0], [2.0, 1.0, 3.0])
-    assert not v.clearly_less([0.0, 1.0, 2.0], [2.0, 2.0, 2.0])
-
-
 # --- the rules of a verdict (each test names the old rule it replaces) --------------------
 
 
@@ -201,3 +185,29 @@ def test_plateau_is_the_gain_over_the_last_quarter():
     assert v.plateaued(step, [0.1, 0.6, 0.78, 0.779, 0.78])
     # the tail starts between two logs: interpolated (0.70 at 300 from 200 and 400)
     assert not v.plateaued([0, 200, 400], [0.1, 0.6, 0.8])
+
+
+def _reaches(steps, horizon=800):
+    return [v.Reach(None if s is None else s, horizon) for s in steps]
+
+
+def test_sooner_is_paired_and_treats_a_censored_run_as_a_lower_bound():
+    assert v.sooner(_reaches([100, 200, 300]), _reaches([150, 260, 340])) == "sooner"
+    assert v.sooner(_reaches([150, 260, 340]), _reaches([100, 200, 300])) == "later"
+    # scattered differences: level
+    assert v.sooner(_reaches([100, 300, 200]), _reaches([150, 200, 260])) == "level"
+    # b never reaches: a is sooner whenever a always does
+    assert v.sooner(_reaches([100, 120, 90]), _reaches([None] * 3)) == "sooner"
+    # a run of a that never reaches never makes a sooner, whatever the numbers
+    assert v.sooner(_reaches([100, None, 90]), _reaches([None] * 3)) == "level"
+    assert v.sooner(_reaches([None] * 3), _reaches([100, 120, 90])) == "later"
+    with pytest.raises(ValueError, match="one Reach per seed"):
+        v.sooner(_reaches([1, 2]), _reaches([1, 2, 3]))
+
+
+def test_reaches_text_never_averages_a_censored_run():
+    assert v.reaches_text(_reaches([400, 440, 420])) == "420 ± 20"
+    assert v.reaches_text(_reaches([None, None, None])) == "not reached in 800 steps"
+    assert v.reaches_text(_reaches([400, None, 440])) == (
+        "2 of 3 seeds: 420 ± 28; 1 not reached in 800 steps"
+    )
