@@ -17,24 +17,51 @@ export BNUTILS_RESULTS ?= $(CURDIR)/_cache/results
 # loop there; unset (make lab, Colab, a terminal), it draws live bars.
 SUMMARY := BNBOOK_PROGRESS=summary
 
-.PHONY: book test lab bench mutate install clean
+.PHONY: book test lab bench mutate install clean results
 
-book: $(STAMP)
+# The full book from the results store (results/): a run the store lacks stops the
+# build with the `make results` command that computes it; nothing trains.
+book: $(STAMP) _build/.book-inputs
 	rm -rf _build/html
-	BNBOOK_QUICK=0 $(SUMMARY) $(JB) build . --all
+	BNBOOK_QUICK=0 $(FORBID) $(SUMMARY) $(JB) build . --all
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
-# Quick mode everywhere: lint, unit tests and every notebook under nbval, a strict
-# build of the book, then in headless Chromium every built page and JupyterLab running
-# two notebooks (tests/browser).
+# Lint, unit tests and every notebook under nbval (quick mode); then the full book,
+# strict, from the store with training forbidden, replaying every stored run's first
+# steps and one whole run per chapter (drawn by the commit); then the store's reads and
+# replays are checked (tests/test_store_build.py), and in headless Chromium every page
+# of that build and JupyterLab running two notebooks (tests/browser).
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check notebooks
 	BNBOOK_QUICK=1 OMP_NUM_THREADS=1 $(SUMMARY) $(PY) -m pytest -n 2 --dist loadfile \
 		tests notebooks --nbval-lax --nbval-current-env --ignore=tests/browser
-	rm -rf _build/quick
-	BNBOOK_QUICK=1 $(SUMMARY) $(JB) build . -W -n --keep-going --all --path-output _build/quick
-	BNBOOK_HTML=_build/quick/_build/html $(PY) -m pytest tests/browser
+	rm -rf _build/store && mkdir -p _build/store/logs
+	BNBOOK_QUICK=0 $(FORBID) $(REPLAY) $(SUMMARY) $(JB) build . -W -n --keep-going --all \
+		--path-output _build/store
+	BNBOOK_STORE_LOGS=_build/store/logs $(REPLAY) $(PY) -m pytest tests/test_store_build.py
+	BNBOOK_HTML=_build/store/_build/html $(PY) -m pytest tests/browser
+
+# The results store (results/, bnutils/store.py). `make results` executes the chapter
+# notebooks in full mode and computes, one worker per core, the runs the store lacks or
+# that no longer match the code; `make results CHAPTER=06` does one chapter. Its plan,
+# live progress and re-keying: bnutils/results.py. The book and CI never train (FORBID);
+# CI replays with pinned numerics (bnutils.store.NUMERICS, kept equal by a test).
+CHAPTER  ?=
+NUMERICS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+FORBID   := BNBOOK_TRAIN=forbid
+REPLAY   := $(NUMERICS) BNBOOK_REPLAY=$$(git rev-parse HEAD 2>/dev/null || echo local) \
+	BNBOOK_READS=$(CURDIR)/_build/store/logs/reads.jsonl \
+	BNBOOK_REPLAY_LOG=$(CURDIR)/_build/store/logs/replays.jsonl
+
+results: $(STAMP)
+	$(PY) -m bnutils.results $(if $(CHAPTER),--chapter $(CHAPTER))
+
+# The executed notebooks that a rebuild reuses (_build/.jupyter_cache) are keyed by
+# their cells only: a new store or new bnutils code executes them again.
+_build/.book-inputs: $(wildcard results/*) $(wildcard bnutils/*.py bnutils/*/*.py)
+	rm -rf _build/.jupyter_cache
+	mkdir -p _build && touch $@
 
 # The learner's path: JupyterLab on notebooks/ with the project's kernel (.venv, where
 # bnutils is installed) and live progress bars (ipywidgets). Options go through

@@ -39,7 +39,10 @@ end-of-run value (final accuracy, a divergence flag), which a prefix replay cann
 reproduce and a whole replay compares. Timings (keys ending in ``seconds``) are never
 compared. No experiment declares anything: a replay that cannot line up a value
 fails, loudly. A run whose prefix has no logged series to compare (it logs only at its
-end), or that is no longer than ``n``, is replayed whole.
+end), or that is no longer than ``n``, is replayed whole. A replay runs with the
+entry's numerics: the same device and kernels (``NUMERICS``, which ``make results``
+and CI pin) and as many threads; elsewhere it is refused, not loosened, because small
+differences grow exponentially in some of the book's runs (see ``TOLERANCE``).
 
 **Re-keying.** A change of code that leaves the numbers alone (a docstring, a
 refactor) changes the keys. In ``store`` mode, a run whose key is missing but whose
@@ -78,14 +81,23 @@ JOB_LOG_ENV = "BNBOOK_JOB_LOG"  # a file: runs started and finished (make result
 NO_REKEY_ENV = "BNBOOK_NO_REKEY"  # comma-separated names to compute, never re-key
 MANIFEST = "manifest.json"
 
-# The one place that says how close a replay must come. Another CPU computes other
-# bits (ATEN_CPU_CAPABILITY=default simulates one): Figure 1's losses then differ by
-# about 2e-7 after 600 steps, its accuracies by at most one test image in 10,000.
-TOLERANCE = {"rtol": 1e-4, "atol": 2e-4}
+# The one place that says how close a replay must come. Replays run with the entry's
+# numerics (NUMERICS, the device, the number of threads), which give the same bits on
+# every machine of the class; the tolerance only absorbs what is left (a loss that
+# another CPU computes differs by ~2e-7 after 600 steps). It cannot absorb more: under
+# other numerics (ATEN_CPU_CAPABILITY=default) Figure 1's baseline at rate 2 drifts
+# apart exponentially from step ~300 (sigmoid inputs 0.06 apart at step 500, test
+# accuracy 1.8 points at 1,000), chapter 6's bn_x5 CNN from its first steps (accuracy
+# 2 points at step 65); and the CNN on two threads is another class than on one.
+TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
+# The numerics class of make results and of CI's replays: the same kernels on every
+# x86-64 machine with AVX2 (PyTorch's vectorised kernels, MKL, oneDNN); on this class
+# of machine, as fast as unpinned, and the same bits.
+NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 REPLAY_STEPS = 100  # a prefix replay trains up to the first logged step at or after this
 MAX_BYTES = 50_000_000  # the whole store, JSON and arrays
 PROVENANCE = ("commit", "dirty", "python", "torch", "numpy", "device", "machine",
-              "threads", "date", "seconds", "notebook")
+              "threads", "numerics", "date", "seconds", "notebook")
 
 
 class MissingResult(RuntimeError):
@@ -139,18 +151,21 @@ def serve(key, name, config, fn, verbose=False):
                          f"with make results") from err
     data.remember(used)
     _append(READS_ENV, {"key": key, "name": name, "notebook": _config.notebook()})
+    _append(JOB_LOG_ENV, {"event": "read", "key": key, "name": name,
+                          "notebook": _config.notebook()})
     whole = _replay_whole(key)
     if whole is not None and not _replayed(key, whole):
-        report = replay(fn, config, result, whole=whole)
+        report = replay(fn, config, result, whole=whole, like=_provenance(meta))
         _append(REPLAY_LOG_ENV, {"key": key, "name": name, "notebook": _config.notebook(),
                                  **report})
         if not report["ok"]:
             raise ReplayMismatch(f"the stored run {name} ({key}) is not what the code "
                                  f"computes now: {_summary(report)}. Compute it again "
                                  f"with {command(name)}.")
-    if verbose:
-        print(f"{name}: stored result ({folder.name}/{key}, computed "
-              f"{_provenance(meta).get('date', '?')[:10]})")
+    if verbose and _config.train_mode() == "allow":  # a learner: say why nothing trained
+        print(f"{name}: the book's stored result ({folder.name}/{key}, computed "
+              f"{_provenance(meta).get('date', '?')[:10]}); change a setting to train "
+              f"your own")
     return result
 
 
@@ -205,6 +220,7 @@ def compute(key, name, config, fn, description, verbose=False):
             return result
     _append(JOB_LOG_ENV, {"event": "start", "key": key, "name": name,
                           "config": description["config"], "notebook": _config.notebook()})
+    _deterministic()
     start = time.perf_counter()
     result = fn(**config)
     seconds = time.perf_counter() - start
@@ -234,7 +250,7 @@ def _rekey(key, name, config, fn, description, folder):
         return None
     old_key, old_doc = old
     used, stored = cache._read(*_files(old_key, folder))
-    report = replay(fn, config, stored)
+    report = replay(fn, config, stored, like=old_doc.get("provenance"))
     _append(REPLAY_LOG_ENV, {"key": key, "from": old_key, "name": name,
                              "notebook": _config.notebook(), **report})
     if not report["ok"]:
@@ -251,7 +267,7 @@ def _rekey(key, name, config, fn, description, folder):
     doc = {**description, "data": used, "provenance": prov}
     cache._store(*_files(key, folder), stored, doc)
     _append(JOB_LOG_ENV, {"event": "rekey", "key": key, "from": old_key, "name": name,
-                          "notebook": _config.notebook()})
+                          "config": description["config"], "notebook": _config.notebook()})
     _append(READS_ENV, {"key": key, "name": name, "notebook": _config.notebook()})
     print(f"{name}: re-keyed the stored run {old_key} (its first {report['steps']} steps "
           f"replay equal, largest difference {report['max_diff']:.1e})")
@@ -278,10 +294,32 @@ def provenance(seconds):
         "device": "cuda" if cuda else "cpu",
         "machine": torch.cuda.get_device_name() if cuda else _cpu_model(),
         "threads": torch.get_num_threads(),
+        "numerics": numerics(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": None if seconds is None else round(seconds, 3),
         "notebook": _config.notebook(),
+        # the training rates make results measured at its start: they scale the
+        # seconds above to another machine in the next plan
+        "rates": json.loads(os.environ.get("BNBOOK_RATES") or "null"),
     }
+
+
+def numerics():
+    """What decides the bits of a run besides the code: the device's kernels."""
+    if torch.cuda.is_available() and _config.device().type == "cuda":
+        return {"device": "cuda", "gpu": torch.cuda.get_device_name(),
+                "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    return {"device": "cpu", "capability": torch.backends.cpu.get_cpu_capability(),
+            **{k: os.environ.get(k) for k in NUMERICS if k != "ATEN_CPU_CAPABILITY"}}
+
+
+def _deterministic():
+    """On a GPU: kernels that give the same bits every time (no TF32, no autotuning)."""
+    if torch.cuda.is_available():
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def _commit():
@@ -312,19 +350,31 @@ def _cpu_model():
 # --- replaying ------------------------------------------------------------------------
 
 
-def replay(fn, config, stored, whole=False):
+def replay(fn, config, stored, whole=False, like=None):
     """Compute ``fn(**config)`` again, its first steps or (``whole``) all, and compare.
 
+    ``like``: the entry's provenance; the replay runs on as many threads, and is
+    refused (``ok`` False) where the numerics differ from the entry's: no tolerance
+    spans two numerics classes (see ``TOLERANCE``).
     Returns a report: ``ok``, ``whole``, ``steps`` (the prefix; None when whole),
     ``compared`` (values matched), ``series`` (of those, logged series), ``max_diff``
     (the largest absolute difference), ``problems`` (what did not match) and
     ``seconds``. Nothing is read from or written to the store or the cache meanwhile.
     """
     steps = None if whole else prefix_steps(stored)
+    like = like or {}
+    if like.get("numerics") and like["numerics"] != numerics():
+        return {"ok": False, "whole": steps is None, "steps": steps, "compared": 0,
+                "series": 0, "max_diff": 0.0, "seconds": 0.0, "problems": [
+                    f"computed with the numerics {like['numerics']}, this process has "
+                    f"{numerics()}: replay it where they are the same"]}
+    _deterministic()
     start = time.perf_counter()
+    threads = torch.get_num_threads()
     global _REPLAYING
     before, _REPLAYING = _REPLAYING, True
     try:
+        torch.set_num_threads(like.get("threads") or threads)
         if steps is None:
             replayed = fn(**config)
         else:
@@ -332,9 +382,10 @@ def replay(fn, config, stored, whole=False):
                 replayed = fn(**config)
     finally:
         _REPLAYING = before
+        torch.set_num_threads(threads)
     found = compare(replayed, stored, whole=steps is None)
     if steps is not None and not found["problems"] and not found["series"]:
-        return replay(fn, config, stored, whole=True)  # its first steps log nothing
+        return replay(fn, config, stored, whole=True, like=like)  # its prefix logs nothing
     return {"ok": not found["problems"], "whole": steps is None, "steps": steps,
             **found, "seconds": round(time.perf_counter() - start, 3)}
 

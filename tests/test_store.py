@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import bnutils
 from bnutils import cache, config, data, store
@@ -522,3 +523,27 @@ def test_nothing_is_stored_or_read_while_replaying(book, monkeypatch):
     report = store.replay(outer, {"steps": 3}, stored, whole=True)
     assert report["ok"] and inner_calls == [3, 3] and len(_entries(book.store)) == 4
 
+
+
+def test_a_replay_runs_with_the_entrys_numerics_or_not_at_all(book, monkeypatch):
+    module = book.experiment()
+    stored = module.train(**CONFIG)
+    here = store.provenance(1.0)
+    assert here["numerics"]["device"] == "cpu" and here["numerics"]["capability"]
+    threads = []
+    monkeypatch.setattr(module.np.random, "default_rng", _spy(
+        module.np.random.default_rng, lambda: threads.append(torch.get_num_threads())))
+    before = torch.get_num_threads()
+    assert store.replay(module.train, CONFIG, stored, like={**here, "threads": 3})["ok"]
+    assert threads == [3] and torch.get_num_threads() == before
+    other = {**here, "numerics": {**here["numerics"], "capability": "AVX512"}}
+    report = store.replay(module.train, CONFIG, stored, like=other)
+    assert not report["ok"] and "replay it where they are the same" in report["problems"][0]
+    assert threads == [3]  # refused before it ran
+
+
+def _spy(fn, before):
+    def spy(*args, **kwargs):
+        before()
+        return fn(*args, **kwargs)
+    return spy
