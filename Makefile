@@ -17,7 +17,7 @@ export BNUTILS_RESULTS ?= $(CURDIR)/_cache/results
 # loop there; unset (make lab, Colab, a terminal), it draws live bars.
 SUMMARY := BNBOOK_PROGRESS=summary
 
-.PHONY: book test lab bench mutate install clean results
+.PHONY: book test lab bench mutate install clean results replay
 
 # The full book from the results store (results/): a run the store lacks stops the
 # build with the `make results` command that computes it; nothing trains.
@@ -56,6 +56,11 @@ REPLAY   := $(NUMERICS) BNBOOK_REPLAY=$$(git rev-parse HEAD 2>/dev/null || echo 
 
 results: $(STAMP)
 	$(PY) -m bnutils.results $(if $(CHAPTER),--chapter $(CHAPTER))
+
+# Every stored run (of CHAPTER) recomputed in full and compared: hours; CI replays one
+# whole run per chapter per commit, among the shorter ones.
+replay: $(STAMP)
+	$(PY) -m bnutils.results --replay $(if $(CHAPTER),--chapter $(CHAPTER))
 
 # The executed notebooks that a rebuild reuses (_build/.jupyter_cache) are keyed by
 # their cells only: a new store or new bnutils code executes them again.

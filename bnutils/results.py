@@ -1,7 +1,7 @@
 """``make results``: compute the runs the full book reads into the store ``results/``.
 
-Usage: ``python -m bnutils.results [--chapter NN] [--plan]`` (``make results
-CHAPTER=NN``). The design, and why:
+Usage: ``python -m bnutils.results [--chapter NN] [--plan | --replay]`` (``make
+results CHAPTER=NN``; ``make replay`` replays every stored run whole). The design:
 
 - **The notebooks are the list of runs.** The driver executes each chapter notebook,
   in full mode, with ``BNBOOK_TRAIN=store`` (``bnutils.store``): every
@@ -387,6 +387,27 @@ def prune(folder):
     return gone
 
 
+def replay_all(paths, folder):
+    """``make replay``: execute the notebooks with training forbidden and every stored
+    run they read replayed whole. Returns 0 when all match, else 1."""
+    logs = ROOT / "_build" / "results" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for path in paths:
+        env = job_env(folder, logs, path.stem, {}, train="forbid")
+        env[store.WHOLE_ENV] = "*"
+        Path(env[store.REPLAY_LOG_ENV]).unlink(missing_ok=True)
+        try:
+            execute(path, env)
+        except Exception as err:  # a mismatch stops the notebook: report it, go on
+            print(f"{path.stem}: {str(err).splitlines()[-1][:300]}")
+        replays = store.read_log(env[store.REPLAY_LOG_ENV])
+        failed += [r for r in replays if not r["ok"]]
+        print(f"{path.stem}: {sum(r['ok'] for r in replays)} of {len(replays)} stored runs "
+              f"replay whole within the tolerance")
+    return 1 if failed else 0
+
+
 def chapter_notebooks(chapter=None, folder=NOTEBOOKS):
     """The chapter notebooks, in order; ``chapter`` ("05" or "5") picks one."""
     paths = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
@@ -407,12 +428,16 @@ def main(argv=None):
     parser.add_argument("--chapter", default=os.environ.get("CHAPTER"),
                         help="one chapter, e.g. 06 (default: all)")
     parser.add_argument("--plan", action="store_true", help="print the plan and stop")
+    parser.add_argument("--replay", action="store_true",
+                        help="replay every stored run whole instead (make replay)")
     args = parser.parse_args(argv)
     folder = store.root() or ROOT / "results"
     folder.mkdir(exist_ok=True)
     if not (folder / store.MANIFEST).exists():
         store.write_manifest(folder, {"notebooks": {}})
     paths = chapter_notebooks(args.chapter)
+    if args.replay:
+        return replay_all(paths, folder)
     workers = workers_default()
     os.environ.update(store.NUMERICS)
     rates = measure_rates()

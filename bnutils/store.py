@@ -54,7 +54,8 @@ full (``python -m bnutils.results``); if that fails, the name's re-keyed entries
 deleted and computed again. A change that acts on the numbers from the first steps
 on fails the prefix replay; one that acts only later (a schedule, a final evaluation)
 fails the whole replay of its name; CI replays every entry's prefix and one whole
-entry per chapter, chosen anew for every commit.
+entry per chapter, chosen anew for every commit among those that took at most
+``WHOLE_MAX_SECONDS``; ``make replay`` replays every entry whole.
 """
 
 import datetime
@@ -95,6 +96,9 @@ TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
 # of machine, as fast as unpinned, and the same bits.
 NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 REPLAY_STEPS = 100  # a prefix replay trains up to the first logged step at or after this
+# CI draws its whole replays among the entries that took at most this long to compute
+# (25 minutes on 2 cores in all); longer ones are replayed whole by make replay
+WHOLE_MAX_SECONDS = 600
 MAX_BYTES = 50_000_000  # the whole store, JSON and arrays
 PROVENANCE = ("commit", "dirty", "python", "torch", "numpy", "device", "machine",
               "threads", "numerics", "date", "seconds", "notebook")
@@ -512,7 +516,7 @@ def _summary(report):
 
 def _replay_whole(key):
     """None: no replay of ``key``; else whether to replay it whole."""
-    if key in _listed(WHOLE_ENV):
+    if key in _listed(WHOLE_ENV) or "*" in _listed(WHOLE_ENV):
         return True
     seed = os.environ.get(REPLAY_ENV)
     if not seed:
@@ -523,13 +527,20 @@ def _replay_whole(key):
 
 def chosen_whole(notebook, seed, folder=None):
     """The entry of ``notebook`` that CI replays whole for ``seed`` (the commit): each
-    commit draws another, so that over commits every one is checked."""
+    commit draws another among those computed in at most ``WHOLE_MAX_SECONDS`` (the
+    cheapest if none was), so that over commits every one of them is checked."""
     folder = folder or root()
     keys = sorted(read_manifest(folder)["notebooks"].get(notebook, [])) if folder else []
     if not keys:
         return None
+    entries = read_entries(folder)
+
+    def seconds(key):
+        return entries.get(key, {}).get("provenance", {}).get("seconds") or 0.0
+
+    short = [k for k in keys if seconds(k) <= WHOLE_MAX_SECONDS] or [min(keys, key=seconds)]
     digest = hashlib.sha256(f"{seed}:{notebook}".encode()).hexdigest()
-    return keys[int(digest, 16) % len(keys)]
+    return short[int(digest, 16) % len(short)]
 
 
 def _replayed(key, whole):

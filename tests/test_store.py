@@ -452,6 +452,13 @@ def test_whole_replays_rotate_over_the_entries_with_the_commit(tmp_path):
                       for i in range(60)]  # and the same for the same commit
     assert store.chosen_whole("06_cnn", "x", tmp_path) == "run-0"
     assert store.chosen_whole("08_why", "x", tmp_path) is None
+    for i, key in enumerate(keys):  # run-3 and run-4 take too long for CI
+        seconds = store.WHOLE_MAX_SECONDS * (1 + (i >= 3))
+        (tmp_path / f"{key}.json").write_text(json.dumps({"provenance": {"seconds": seconds}}))
+    chosen = {store.chosen_whole("05_mnist", f"commit{i}", tmp_path) for i in range(60)}
+    assert chosen == set(keys[:3])
+    store.write_manifest(tmp_path, {"notebooks": {"05_mnist": keys[3:]}})
+    assert {store.chosen_whole("05_mnist", f"c{i}", tmp_path) for i in range(20)} == {"run-3"}
 
 
 # --- re-keying ------------------------------------------------------------------------
