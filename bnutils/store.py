@@ -31,8 +31,9 @@ as computed on the subset, never as on the full data.
 with the entry. A prefix replay runs the same call with the same configuration, and
 stops every training loop after ``n`` steps (``bnutils.config.step_limit``: loops go
 through ``bnutils.progress``), so the learning-rate schedule and everything else that
-depends on the run's length are the stored run's. ``n`` is the first logged step at or
-after ``REPLAY_STEPS``. Then every value of the replayed result is matched against the
+depends on the run's length are the stored run's. ``n`` is ``REPLAY_STEPS`` where the
+run logs a series over its first steps (a per-step loss, a trace), else the first
+logged step after it. Then every value of the replayed result is matched against the
 entry, within ``TOLERANCE``: a value that has a log axis (an axis along which the
 replay is shorter) must equal the entry's first ``n`` logs; a value without one is an
 end-of-run value (final accuracy, a divergence flag), which a prefix replay cannot
@@ -95,7 +96,7 @@ TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
 # x86-64 machine with AVX2 (PyTorch's vectorised kernels, MKL, oneDNN); on this class
 # of machine, as fast as unpinned, and the same bits.
 NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-REPLAY_STEPS = 100  # a prefix replay trains up to the first logged step at or after this
+REPLAY_STEPS = 100  # a prefix replay's steps (or up to the first log after them)
 # CI draws its whole replays among the entries that took at most this long to compute
 # (25 minutes on 2 cores in all); longer ones are replayed whole by make replay
 WHOLE_MAX_SECONDS = 600
@@ -357,41 +358,53 @@ def _cpu_model():
 def replay(fn, config, stored, whole=False, like=None):
     """Compute ``fn(**config)`` again, its first steps or (``whole``) all, and compare.
 
+    The prefix is the first ``REPLAY_STEPS`` steps when the result logs something over
+    them (a per-step series), else up to the first logged step after them
+    (``prefix_steps``), else the whole run (see the module's docstring).
     ``like``: the entry's provenance; the replay runs on as many threads, and is
     refused (``ok`` False) where the numerics differ from the entry's: no tolerance
     spans two numerics classes (see ``TOLERANCE``).
     Returns a report: ``ok``, ``whole``, ``steps`` (the prefix; None when whole),
-    ``compared`` (values matched), ``series`` (of those, logged series), ``max_diff``
-    (the largest absolute difference), ``problems`` (what did not match) and
-    ``seconds``. Nothing is read from or written to the store or the cache meanwhile.
+    ``compared`` (values matched), ``series`` (of those, logged series), ``trained``
+    (series that reach past their first entry), ``max_diff`` (the largest absolute
+    difference), ``problems`` (what did not match) and ``seconds``. Nothing is read
+    from or written to the store or the cache meanwhile.
     """
-    steps = None if whole else prefix_steps(stored)
     like = like or {}
     if like.get("numerics") and like["numerics"] != numerics():
-        return {"ok": False, "whole": steps is None, "steps": steps, "compared": 0,
-                "series": 0, "max_diff": 0.0, "seconds": 0.0, "problems": [
+        return {"ok": False, "whole": bool(whole), "steps": None, "compared": 0,
+                "series": 0, "trained": 0, "max_diff": 0.0, "seconds": 0.0, "problems": [
                     f"computed with the numerics {like['numerics']}, this process has "
                     f"{numerics()}: replay it where they are the same"]}
-    _deterministic()
     start = time.perf_counter()
-    threads = torch.get_num_threads()
+    tries = [None] if whole else [REPLAY_STEPS, prefix_steps(stored), None]
+    logged = _find_steps(stored)
+    for steps in dict.fromkeys(tries):  # in order, once each
+        if steps is not None and logged is not None and steps >= int(np.max(logged)):
+            continue  # no shorter than the run
+        found = compare(_run(fn, config, steps, like), stored, whole=steps is None)
+        if steps is None or found["problems"] or found["trained"]:
+            break  # a mismatch, or a prefix that compared what the run trained
+    return {"ok": not found["problems"], "whole": steps is None, "steps": steps,
+            **found, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _run(fn, config, steps, like):
+    """``fn(**config)`` with training loops cut at ``steps`` (None: not cut), on the
+    entry's number of threads, with nothing read from or written to a cache."""
     global _REPLAYING
+    _deterministic()
+    threads = torch.get_num_threads()
     before, _REPLAYING = _REPLAYING, True
     try:
         torch.set_num_threads(like.get("threads") or threads)
         if steps is None:
-            replayed = fn(**config)
-        else:
-            with _config.step_limit(steps):
-                replayed = fn(**config)
+            return fn(**config)
+        with _config.step_limit(steps):
+            return fn(**config)
     finally:
         _REPLAYING = before
         torch.set_num_threads(threads)
-    found = compare(replayed, stored, whole=steps is None)
-    if steps is not None and not found["problems"] and not found["series"]:
-        return replay(fn, config, stored, whole=True, like=like)  # its prefix logs nothing
-    return {"ok": not found["problems"], "whole": steps is None, "steps": steps,
-            **found, "seconds": round(time.perf_counter() - start, 3)}
 
 
 _REPLAYING = False  # a replay is running: train_or_load computes, never reads or writes
@@ -403,9 +416,8 @@ def replaying():
 
 
 def prefix_steps(stored):
-    """How many steps a prefix replay of ``stored`` trains: the first logged step at or
-    after ``REPLAY_STEPS`` (``REPLAY_STEPS`` when it logs no ``step``); None when that
-    is the run's last step, i.e. the prefix is the whole run."""
+    """The first logged step at or after ``REPLAY_STEPS`` (``REPLAY_STEPS`` when the
+    result logs no ``step``); None when that is the run's last step: the whole run."""
     logged = _find_steps(stored)
     if logged is None:
         return REPLAY_STEPS
@@ -432,7 +444,7 @@ def compare(replayed, stored, whole):
 
     Returns ``{"compared", "series", "max_diff", "problems"}``.
     """
-    found = {"compared": 0, "series": 0, "max_diff": 0.0, "problems": []}
+    found = {"compared": 0, "series": 0, "trained": 0, "max_diff": 0.0, "problems": []}
     _compare(replayed, stored, whole, "", found)
     return found
 
@@ -480,6 +492,7 @@ def _compare(new, old, whole, path, found):
         return
     _match(a, np.take(b, range(a.shape[axes[0]]), axis=axes[0]), path, found)
     found["series"] += 1
+    found["trained"] += a.shape[axes[0]] > 1  # more than the state before training
 
 
 def _match(a, b, path, found):

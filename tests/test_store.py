@@ -382,7 +382,8 @@ def test_compare_lines_up_series_and_refuses_what_it_cannot():
         assert store.compare(replayed, stored, whole=False)["problems"][0].startswith(problem)
     timing = store.compare({"seconds": 1.0, "x": {"cpu_seconds": 2}},
                            {"seconds": 9.0, "x": {"cpu_seconds": 5}}, whole=True)
-    assert timing == {"compared": 0, "series": 0, "max_diff": 0.0, "problems": []}
+    assert timing == {"compared": 0, "series": 0, "trained": 0, "max_diff": 0.0,
+                      "problems": []}
 
 
 def test_a_run_that_logs_only_at_its_end_is_replayed_whole():
@@ -397,6 +398,26 @@ def test_a_run_that_logs_only_at_its_end_is_replayed_whole():
     report = store.replay(end_only, {"steps": 500}, stored)
     assert report["ok"] and report["whole"] and report["compared"] == 2
     assert store.replay(end_only, {"steps": 500}, {**stored, "acc": 499.0})["problems"]
+
+
+def _sparse(steps, per_step):
+    """Logs every 250 steps; with ``per_step``, each step's loss as well."""
+    trained, logged = [], [0]
+    for step in bnutils.progress(range(1, steps + 1), disable=True):
+        trained.append(step * 0.5)
+        if step % 250 == 0:
+            logged.append(step)
+    out = {"step": np.array(logged), "w": np.array(logged) * 0.5}
+    if per_step:
+        out["loss"] = np.array(trained)
+    return out
+
+
+@pytest.mark.parametrize("per_step, steps", [(True, 100), (False, 250)])
+def test_a_prefix_is_as_short_as_what_the_run_logs_allows(per_step, steps):
+    config = {"steps": 1000, "per_step": per_step}
+    report = store.replay(_sparse, config, _sparse(**config))
+    assert report["ok"] and report["steps"] == steps and report["trained"] >= 1
 
 
 def test_prefix_steps_follow_the_logged_steps():
@@ -485,7 +506,7 @@ def test_a_change_that_leaves_the_numbers_alone_is_rekeyed(book, monkeypatch):
     assert prov["seconds"] > 0  # the original computation's
     monkeypatch.setenv(config.TRAIN_ENV, "forbid")
     np.testing.assert_array_equal(_run(new)["w"], result["w"])
-    assert [r["event"] for r in book.logs("job")] == ["start", "done", "rekey"]
+    assert [r["event"] for r in book.logs("job")] == ["start", "done", "rekey", "read"]
 
 
 def test_a_numerical_change_is_computed_not_rekeyed(book, monkeypatch, capsys):
