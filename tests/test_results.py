@@ -123,6 +123,13 @@ def test_progress_follows_the_job_log(tmp_path):
     assert state["total"] == 350.0  # b as planned, c estimated at its start (50 / 1)
     assert state["finished"] == 1 and state["running"] == 1
     assert "runs: 1 computed, 1 running" in progress.line()
+    rows.append({"notebook": "06_y", "key": "d-1", "name": "d", "config": {"steps": 3},
+                 "seconds": 1000.0})
+    progress = results.Progress(log, rows, {"mlp": 1.0, "cnn": 1.0}, workers=2)
+    progress.settle("05_x")  # done: what 05_x did not ask for costs nothing
+    assert progress.state()["total"] == 1350.0
+    progress.settle("06_y")
+    assert progress.state()["total"] == 350.0
 
 
 def test_chapters_are_picked_by_number(tmp_path):
