@@ -408,6 +408,26 @@ def replay_all(paths, folder):
     return 1 if failed else 0
 
 
+def check_data():
+    """Stop before hours of training unless the full data sets load (the store holds
+    results on them only, ``bnutils.store``)."""
+    import warnings
+
+    from . import data
+
+    for dataset in data.DATASETS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                source = data.fingerprint("train", dataset=dataset)["source"]
+        except data.DataError as err:
+            raise SystemExit(f"make results needs the full {dataset} data: {err}") from err
+        if source != "full":
+            raise SystemExit(f"make results needs the full {dataset} data, not the bundled "
+                             f"subset: set {data.DATASETS[dataset].env} to the folder of "
+                             f"its files, or connect to the internet")
+
+
 def chapter_notebooks(chapter=None, folder=NOTEBOOKS):
     """The chapter notebooks, in order; ``chapter`` ("05" or "5") picks one."""
     paths = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
@@ -438,6 +458,7 @@ def main(argv=None):
     paths = chapter_notebooks(args.chapter)
     if args.replay:
         return replay_all(paths, folder)
+    check_data()
     workers = workers_default()
     os.environ.update(store.NUMERICS)
     rates = measure_rates()

@@ -139,3 +139,17 @@ def test_chapters_are_picked_by_number(tmp_path):
     assert len(results.chapter_notebooks(None, tmp_path)) == 3
     with pytest.raises(SystemExit, match="no notebook for CHAPTER=07"):
         results.chapter_notebooks("07", tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:could not download")
+def test_make_results_stops_at_once_without_the_full_data(tmp_path, monkeypatch):
+    import dataclasses
+
+    from bnutils import data
+
+    for name in ("mnist", "fashion-mnist"):
+        spec = dataclasses.replace(data.DATASETS[name], mirrors=("http://127.0.0.1:9/",))
+        monkeypatch.setitem(data.DATASETS, name, spec)
+        monkeypatch.setenv(spec.env, str(tmp_path / "none"))
+    with pytest.raises(SystemExit, match="full mnist data, not the bundled subset"):
+        results.check_data()
