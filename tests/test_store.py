@@ -575,3 +575,22 @@ def _spy(fn, before):
         before()
         return fn(*args, **kwargs)
     return spy
+
+
+def test_the_books_training_loops_stop_where_a_replay_says():
+    """Replays cut runs short through bnutils.progress: every trainer must loop over it."""
+    from torch import nn
+
+    from bnutils import train
+    from bnutils.batched import StackedMLP, train_stacked
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(120, 784, generator=g), torch.randint(0, 10, (120,), generator=g)
+    with config.step_limit(7):
+        logs = train_stacked(StackedMLP(2), x, y, 50, 0.1, batch_size=10, log_every=5,
+                             progress=False)
+        net = nn.Sequential(nn.Linear(784, 10))
+        _, losses = train.train(net, torch.optim.SGD(net.parameters(), lr=0.1), x, y, 50,
+                                batch_size=10, progress=False)
+    assert np.isfinite(logs["losses"]).all(axis=1).sum() == 7 and list(logs["step"]) == [5]
+    assert len(losses) == 7
