@@ -21,6 +21,11 @@ Library code (PyTorch, NumPy, the standard library) counts by its name only.
 The data is checked as well: ``bnutils.data`` remembers what this process has loaded;
 a result records it, and is computed again when loading the same now would give other
 files (the bundled MNIST subset offline instead of the full data set, or the reverse).
+
+Before the local cache, ``train_or_load`` asks the committed store ``results/``
+(``bnutils.store``), under the same key; ``BNBOOK_TRAIN`` decides whether a run that
+neither holds is trained (``allow``, the default), refused (``forbid``: the book build)
+or trained into the store (``store``: ``make results``).
 """
 
 import dis
@@ -43,7 +48,8 @@ from pathlib import Path, PurePath
 import numpy as np
 import torch
 
-from . import data
+from . import data, store
+from .config import train_mode
 
 # bound arguments that only change what a run prints, never its result
 DISPLAY_ONLY = frozenset({"progress"})
@@ -58,7 +64,7 @@ def results_root():
 
 
 def train_or_load(name, config, fn, root=None, verbose=True):
-    """Return ``fn(**config)``, from the cache when it has been computed before.
+    """Return ``fn(**config)``: from the store, from the cache, or computed (and cached).
 
     ``fn`` must return a dict whose values are NumPy arrays (stored in ``.npz``),
     JSON values (numbers, strings, lists) or dicts of those, nested, with string keys.
@@ -67,6 +73,17 @@ def train_or_load(name, config, fn, root=None, verbose=True):
     """
     folder = Path(root) if root is not None else results_root()
     key, stored_config, code = _key(name, config, fn)
+    if store.replaying():  # a stored run being recomputed: nothing to look up or keep
+        return fn(**config)
+    served = store.serve(key, name, config, fn, verbose)
+    if served is not None:
+        return served
+    mode = train_mode()
+    if mode == "forbid":
+        raise store.missing(name, key)
+    if mode == "store":
+        description = {"name": name, "config": stored_config, "code": code}
+        return store.compute(key, name, config, fn, description, verbose)
     npz, meta = folder / f"{key}.npz", folder / f"{key}.json"
     result, why = _load(npz, meta)
     if result is not None:

@@ -1,6 +1,8 @@
 """Run mode, seeds and device: the settings every notebook starts from."""
 
+import contextlib
 import importlib.util
+import itertools
 import os
 import platform
 import random
@@ -80,6 +82,8 @@ def progress(iterable, desc=None, total=None, disable=False, **kwargs):
     ipywidgets). In the ``summary`` mode, one line when the loop ends (or stops early):
     iterations, seconds and rate. ``kwargs`` go to ``tqdm``.
     """
+    if _STEP_LIMIT is not None:  # a replay of a run's first steps (bnutils.store)
+        iterable = itertools.islice(iterable, _STEP_LIMIT)
     if disable:
         return iterable
     if total is None and hasattr(iterable, "__len__"):
@@ -91,6 +95,58 @@ def progress(iterable, desc=None, total=None, disable=False, **kwargs):
     else:
         from tqdm.std import tqdm
     return tqdm(iterable, desc=desc, total=total, **kwargs)
+
+
+# --- training allowed or not, and replays: for bnutils.store -------------------------
+
+TRAIN_ENV = "BNBOOK_TRAIN"
+TRAIN_MODES = ("allow", "forbid", "store")
+
+
+def train_mode():
+    """What ``train_or_load`` may do with a run that no stored result covers.
+
+    ``BNBOOK_TRAIN``, read at each call: ``allow`` (unset; JupyterLab, Colab): train it
+    and cache it locally; ``forbid`` (``make book``, CI): stop with the command that
+    computes it; ``store`` (``make results``): train it into the committed store.
+    """
+    mode = os.environ.get(TRAIN_ENV, "").strip().lower() or "allow"
+    if mode not in TRAIN_MODES:
+        raise ValueError(f"{TRAIN_ENV}={os.environ[TRAIN_ENV]!r}: expected one of "
+                         f"{', '.join(TRAIN_MODES)} (or unset for allow)")
+    return mode
+
+
+def notebook():
+    """The notebook this process executes (``05_mnist``), or None when unknown.
+
+    The book build and ``make results`` set ``BNBOOK_NOTEBOOK``; JupyterLab tells its
+    kernels through ``JPY_SESSION_NAME``.
+    """
+    path = os.environ.get("BNBOOK_NOTEBOOK") or os.environ.get("JPY_SESSION_NAME")
+    if not path:
+        return None
+    name = os.path.basename(path)
+    return name[:-len(".ipynb")] if name.endswith(".ipynb") else name
+
+
+_STEP_LIMIT = None  # while a replay runs: the iterations each ``progress`` loop may take
+
+
+@contextlib.contextmanager
+def step_limit(steps):
+    """Stop every loop over ``progress`` after ``steps`` iterations, within the block.
+
+    Training loops iterate over ``progress(range(1, steps + 1))``, so a run made inside
+    the block trains for its first ``steps`` steps with its settings unchanged (the same
+    schedule): ``bnutils.store`` replays stored runs this way.
+    """
+    global _STEP_LIMIT
+    before, _STEP_LIMIT = _STEP_LIMIT, int(steps)
+    try:
+        yield
+    finally:
+        _STEP_LIMIT = before
 
 
 def _in_kernel():

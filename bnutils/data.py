@@ -136,7 +136,7 @@ def load_mnist(split="train", root=None, download=True, subset=False, dataset="m
     paths = _locate(split, root, download, subset, dataset)
     args = {"split": split, "root": _as_text(root), "download": download, "subset": subset,
             "dataset": dataset}
-    remember([{"args": args, "data": _fingerprint(dataset, split, paths)}])
+    _LOADED[_args_key(args)] = {"args": args, "data": _fingerprint(dataset, split, paths)}
     if paths is None:
         return load_subset(split)
     images = _read_idx(paths[0], ndim=3)
@@ -176,10 +176,18 @@ def loaded():
 def remember(entries):
     """Count ``entries`` (as ``loaded`` returns them) as loaded by this process.
 
-    ``bnutils.cache`` calls it for the data behind a result it loads from disk.
+    ``bnutils.cache`` calls it for the data behind a result it loads from disk. Where
+    this process loaded the bundled subset itself, that record stays: what it computes
+    may rest on the subset, and must never pass for a result on the full data.
     """
     for entry in entries:
-        _LOADED[tuple(sorted(entry["args"].items()))] = entry
+        held = _LOADED.get(_args_key(entry["args"]))
+        if held is None or held["data"]["source"] != "subset":
+            _LOADED[_args_key(entry["args"])] = entry
+
+
+def _args_key(args):
+    return tuple(sorted(args.items()))
 
 
 def fingerprint(split="train", root=None, download=True, subset=False, dataset="mnist"):

@@ -1,6 +1,6 @@
 """The built book in a real browser (headless Chromium driven by Playwright).
 
-Run after a build: ``BNBOOK_HTML=_build/quick/_build/html pytest tests/browser``
+Run after a build: ``BNBOOK_HTML=_build/store/_build/html pytest tests/browser``
 (``make test`` does). Every page is loaded from a local HTTP server and checked for:
 console errors, requests leaving the machine, math typeset by the bundled MathJax,
 images loaded, internal links and anchors that resolve, and on notebook pages the

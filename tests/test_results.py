@@ -1,0 +1,155 @@
+"""make results (bnutils/results.py): a notebook executed in store mode fills the store;
+a change of code that leaves the numbers alone is re-keyed and verified whole; one that
+changes them late in a run is caught by the whole replay and computed; the manifest
+lists what the notebook reads and nothing else stays."""
+
+import json
+import sys
+
+import nbformat
+import pytest
+from test_store import BASE, EXPERIMENT
+
+from bnutils import results, store
+
+NOTEBOOK = [
+    "import sys\nsys.path.insert(0, {folder!r})\nimport experiment_results_test as toy\n"
+    "from bnutils.cache import train_or_load",
+    'a = train_or_load("toy", {{"steps": 400, "lr": 0.05}}, toy.train)',
+    'b = train_or_load("toy", {{"steps": 200, "lr": 0.07}}, toy.train)',
+]
+
+
+@pytest.fixture
+def job(tmp_path, monkeypatch):
+    """A store, a notebook with two runs of a module experiment, and the job's logs."""
+    folder, logs = tmp_path / "results", tmp_path / "logs"
+    folder.mkdir()
+    logs.mkdir()
+    store.write_manifest(folder, {"notebooks": {}})
+    monkeypatch.setenv(store.STORE_ENV, str(folder))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c.format(folder=str(tmp_path))) for c in NOTEBOOK]
+    path = tmp_path / "05_toy.ipynb"
+    nbformat.write(nb, path)
+
+    def code(**changes):
+        (tmp_path / "experiment_results_test.py").write_text(
+            EXPERIMENT.format(**{**BASE, **changes}))
+
+    def run():
+        return results.compute_notebook(path, folder, logs, {"mlp": 1e3, "cnn": 1e2},
+                                        out=tmp_path / "executed")
+
+    seen = []
+
+    def events():
+        """The job log's events since the last call."""
+        new = [r["event"] for r in store.read_log(logs / "job.jsonl")][len(seen):]
+        seen.extend(new)
+        return new
+
+    return type("Job", (), {"folder": folder, "logs": logs, "code": staticmethod(code),
+                            "run": staticmethod(run), "events": staticmethod(events)})
+
+
+def _provenance(folder, key):
+    return json.loads((folder / f"{key}.json").read_text())["provenance"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="kernels: tested on Linux")
+def test_a_job_computes_rekeys_and_catches_late_changes(job):
+    job.code()
+    first = job.run()
+    assert len(first) == 2 and job.events() == ["start", "done"] * 2
+    assert store.read_manifest(job.folder)["notebooks"] == {"05_toy": sorted(first)}
+    assert all(_provenance(job.folder, k)["notebook"] == "05_toy" for k in first)
+    assert job.run() == first and job.events() == ["read", "read"]  # resumes
+
+    job.code(doc="Version 2: the docstring explains more.")  # the numbers stay
+    second = job.run()
+    # re-keyed after a prefix replay, then read by the whole replay of one of them
+    assert second.isdisjoint(first) and job.events() == ["rekey", "rekey", "read", "read"]
+    checks = {_provenance(job.folder, k)["rekeyed"][-1]["whole_check"] for k in second}
+    assert len(checks) == 1 and checks <= second  # the cheaper run, replayed whole
+    whole = store.read_log(job.logs / "verify-05_toy.jsonl")
+    assert [r["whole"] and r["ok"] for r in whole if r["key"] in checks] == [True]
+    assert results.prune(job.folder) == sorted(first)
+    assert set(store.read_entries(job.folder)) == second
+
+    job.code(doc="Version 2: the docstring explains more.", late="0.49")  # after mid-run
+    third = job.run()
+    assert job.events() == ["rekey", "rekey", "read", "read"] + ["start", "done"] * 2
+    for key in third:
+        assert "rekeyed" not in _provenance(job.folder, key)  # computed, not re-keyed
+    assert results.prune(job.folder) == sorted(second)
+
+
+def test_estimates_count_network_steps():
+    assert results.estimate("figure1-runs", {"lrs": [0.1, 1.0], "init_stds": [0.05],
+                                             "seeds": [0, 1, 2], "steps": 1000}) == (
+        "mlp", 2 * 2 * 3 * 1000)
+    assert results.estimate("figure3-bn", {"steps": 4000, "seed": 1}) == ("cnn", 4000)
+    assert results.estimate("cnn-variant", {"steps": 10, "seeds": [0]}) == ("cnn", 10)
+    assert results.estimate("ch01_whitening_cost", {"dims": [16, 32]}) is None
+
+
+def test_the_plan_scales_recorded_times_by_the_rates(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    entry = {"name": "figure1-runs", "config": {"lrs": [1.0], "seeds": [0], "steps": 500},
+             "provenance": {"seconds": 100.0, "rates": {"mlp": 200.0}}}
+    (folder / "figure1-runs-0123456789abcdef.json").write_text(json.dumps(entry))
+    store.write_manifest(folder, {"notebooks": {"05_mnist": [
+        "figure1-runs-0123456789abcdef", "figure1-runs-fedcba9876543210"]}})
+    rows = results.plan(["05_mnist", "06_cnn"], folder, {"mlp": 400.0, "cnn": 10.0})
+    assert [(r["stored"], r["seconds"]) for r in rows] == [(True, 50.0), (False, None)]
+
+
+def test_progress_follows_the_job_log(tmp_path):
+    log = tmp_path / "job.jsonl"
+    rows = [{"notebook": "05_x", "key": "a-1", "name": "a", "config": {"steps": 1},
+             "seconds": 100.0},
+            {"notebook": "05_x", "key": "b-1", "name": "b", "config": {"steps": 2},
+             "seconds": 300.0}]
+    progress = results.Progress(log, rows, {"mlp": 1.0, "cnn": 1.0}, workers=2)
+    assert progress.state()["total"] == 400.0
+    lines = [{"event": "read", "key": "a-1", "name": "a"},  # still stored: costs nothing
+             {"event": "start", "key": "b-2", "name": "b", "config": {"steps": 2}},
+             {"event": "start", "key": "c-1", "name": "c", "config": {"steps": 50}},
+             {"event": "done", "key": "b-2", "name": "b", "seconds": 250.0}]
+    log.write_text("".join(json.dumps({**r, "time": 0.0}) + "\n" for r in lines))
+    state = progress.state()
+    assert state["total"] == 350.0  # b as planned, c estimated at its start (50 / 1)
+    assert state["finished"] == 1 and state["running"] == 1
+    assert "runs: 1 computed, 1 running" in progress.line()
+    rows.append({"notebook": "06_y", "key": "d-1", "name": "d", "config": {"steps": 3},
+                 "seconds": 1000.0})
+    progress = results.Progress(log, rows, {"mlp": 1.0, "cnn": 1.0}, workers=2)
+    progress.settle("05_x")  # done: what 05_x did not ask for costs nothing
+    assert progress.state()["total"] == 1350.0
+    progress.settle("06_y")
+    assert progress.state()["total"] == 350.0
+
+
+def test_chapters_are_picked_by_number(tmp_path):
+    for name in ("00_setup", "05_mnist", "06_cnn"):
+        (tmp_path / f"{name}.ipynb").write_text("{}")
+    assert [p.stem for p in results.chapter_notebooks("6", tmp_path)] == ["06_cnn"]
+    assert len(results.chapter_notebooks(None, tmp_path)) == 3
+    with pytest.raises(SystemExit, match="no notebook for CHAPTER=07"):
+        results.chapter_notebooks("07", tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:could not download")
+def test_make_results_stops_at_once_without_the_full_data(tmp_path, monkeypatch):
+    import dataclasses
+
+    from bnutils import data
+
+    for name in ("mnist", "fashion-mnist"):
+        spec = dataclasses.replace(data.DATASETS[name], mirrors=("http://127.0.0.1:9/",))
+        monkeypatch.setitem(data.DATASETS, name, spec)
+        monkeypatch.setenv(spec.env, str(tmp_path / "none"))
+    with pytest.raises(SystemExit, match="full mnist data, not the bundled subset"):
+        results.check_data()

@@ -1,0 +1,596 @@
+"""bnutils.store: the committed results store, the training modes, replays and re-keying.
+
+The experiments here are small and synthetic, written as modules in a temporary folder
+so that a test can change their code the way a contributor would (a docstring, an
+early numerical change, a late one) and import them again.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import bnutils
+from bnutils import cache, config, data, store
+
+EXPERIMENT = '''
+"""{doc}"""
+import time
+
+import numpy as np
+
+import bnutils
+
+CALLS = []
+
+
+def train(steps, lr, seed=0, log_every=10):
+    """A one-weight model trained by SGD on noisy targets; the rate halves at mid-run."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    w, losses, logged, weights = 0.0, [], [], []
+    for step in bnutils.progress(range(1, steps + 1), disable=True):
+        rate = lr * ({late} if step > steps // 2 else 1.0)
+        target = 1.0 + 0.1 * rng.standard_normal()
+        losses.append((w - target) ** 2)
+        w -= rate * {early} * (w - target)
+        if step % log_every == 0 or step == steps:
+            logged.append(step)
+            weights.append(w)
+    CALLS.append(len(losses))  # the steps it trained
+    edges = [0, *logged]
+    return {{
+        "step": np.array(logged),
+        "loss": np.array([np.mean(losses[a:b]) for a, b in zip(edges[:-1], edges[1:])]),
+        "w": np.array(weights),
+        "final": {{"w": w, "diverged": False}},
+        "seconds": time.perf_counter() - start,
+    }}
+'''
+BASE = {"doc": "Version 1.", "early": "2.0", "late": "0.5"}
+CONFIG = {"steps": 400, "lr": 0.05}
+
+
+@pytest.fixture
+def book(tmp_path, monkeypatch):
+    """A store and a local cache in ``tmp_path``, no mode set, no data loaded, no logs;
+    ``book.experiment(**changes)`` (re)writes and imports the experiment module."""
+    monkeypatch.setattr(data, "_LOADED", {})
+    for env in (config.TRAIN_ENV, "BNBOOK_NOTEBOOK", "JPY_SESSION_NAME", store.READS_ENV,
+                store.REPLAY_ENV, store.WHOLE_ENV, store.REPLAY_LOG_ENV, store.JOB_LOG_ENV,
+                store.NO_REKEY_ENV):
+        monkeypatch.delenv(env, raising=False)
+    results = tmp_path / "results"
+    results.mkdir()
+    store.write_manifest(results, {"notebooks": {}})
+    monkeypatch.setenv(store.STORE_ENV, str(results))
+    monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path / "cache"))
+    path = tmp_path / "experiment_store_test.py"
+
+    def experiment(**changes):
+        path.write_text(EXPERIMENT.format(**{**BASE, **changes}))
+        spec = importlib.util.spec_from_file_location("experiment_store_test", path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "experiment_store_test", module)
+        spec.loader.exec_module(module)
+        return module
+
+    def logs(name):
+        return store.read_log(tmp_path / f"{name}.jsonl")
+
+    for env, name in ((store.READS_ENV, "reads"), (store.REPLAY_LOG_ENV, "replays"),
+                      (store.JOB_LOG_ENV, "job")):
+        monkeypatch.setenv(env, str(tmp_path / f"{name}.jsonl"))
+    return type("Book", (), {"store": results, "cache": tmp_path / "cache",
+                             "experiment": staticmethod(experiment),
+                             "logs": staticmethod(logs)})
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name != store.MANIFEST)
+
+
+def _run(module, cfg=CONFIG, name="toy"):
+    return cache.train_or_load(name, dict(cfg), module.train, verbose=False)
+
+
+def _compute_into_store(book, monkeypatch, module, cfg=CONFIG, notebook="05_mnist"):
+    monkeypatch.setenv(config.TRAIN_ENV, "store")
+    monkeypatch.setenv("BNBOOK_NOTEBOOK", notebook)
+    result = _run(module, cfg)
+    monkeypatch.delenv(config.TRAIN_ENV)
+    return result
+
+
+# --- modes and lookup -----------------------------------------------------------------
+
+
+def test_store_mode_writes_an_entry_with_its_provenance(book, monkeypatch):
+    module = book.experiment()
+    first = _compute_into_store(book, monkeypatch, module)
+    key = cache.cache_key("toy", CONFIG, module.train)
+    assert _entries(book.store) == [f"{key}.json", f"{key}.npz"]
+    doc = json.loads((book.store / f"{key}.json").read_text())
+    prov = doc["provenance"]
+    assert set(store.PROVENANCE) <= set(prov)
+    assert prov["notebook"] == "05_mnist" and prov["python"] and prov["torch"]
+    assert prov["seconds"] > 0 and prov["threads"] >= 1 and prov["date"].startswith("20")
+    assert prov["device"] == "cpu" and prov["machine"]
+    assert doc["name"] == "toy" and doc["config"] == CONFIG
+    assert [r["event"] for r in book.logs("job")] == ["start", "done"]
+    assert book.logs("reads")[0]["key"] == key
+    assert not book.cache.exists()  # the store, not the local cache
+    # served from now on, in every mode, without training
+    for mode in ("allow", "forbid", "store"):
+        monkeypatch.setenv(config.TRAIN_ENV, mode)
+        again = _run(module)
+        np.testing.assert_array_equal(again["loss"], first["loss"])
+    assert module.CALLS == [400]
+
+
+def test_the_store_comes_before_the_local_cache(book, monkeypatch):
+    module = book.experiment()
+    _run(module)  # allow: into the local cache
+    assert module.CALLS == [400] and book.cache.exists() and not _entries(book.store)
+    monkeypatch.setenv(config.TRAIN_ENV, "store")
+    _run(module)  # the local cache does not count for the store: computed again
+    assert module.CALLS == [400, 400]
+    key = cache.cache_key("toy", CONFIG, module.train)
+    doc = json.loads((book.store / f"{key}.json").read_text())
+    doc["values"]["final"]["w"] = 123.0  # mark the stored one
+    (book.store / f"{key}.json").write_text(json.dumps(doc))
+    monkeypatch.delenv(config.TRAIN_ENV)
+    assert _run(module)["final"]["w"] == 123.0
+
+
+def test_a_learner_who_changes_a_setting_or_the_code_gets_a_fresh_run(book, monkeypatch):
+    module = book.experiment()
+    _compute_into_store(book, monkeypatch, module)
+    stored = _run(module)
+    changed = _run(module, {**CONFIG, "lr": 0.06})  # a setting
+    assert module.CALLS == [400, 400]
+    assert not np.array_equal(changed["w"], stored["w"])
+    edited = book.experiment(doc="Version 1, with a comment.")  # the code, numbers alike
+    _run(edited)
+    assert edited.CALLS == [400]
+    assert len(_entries(book.store)) == 2  # the learner's runs stay in the local cache
+    assert len(list(book.cache.glob("*.json"))) == 2
+
+
+def test_the_mode_is_read_at_each_call(book, monkeypatch):
+    module = book.experiment()
+    bound = [lambda: _run(module)]  # a closure made before the mode is set
+    monkeypatch.setenv(config.TRAIN_ENV, "forbid")
+    with pytest.raises(store.MissingResult):
+        bound[0]()
+    monkeypatch.setenv(config.TRAIN_ENV, "allow")
+    bound[0]()
+    monkeypatch.setenv(config.TRAIN_ENV, "sometimes")
+    with pytest.raises(ValueError, match="BNBOOK_TRAIN='sometimes'"):
+        bound[0]()
+
+
+def test_forbid_names_the_run_and_the_command(book, monkeypatch):
+    module = book.experiment()
+    _run(module)  # in the local cache: a forbid-mode build does not read it
+    monkeypatch.setenv(config.TRAIN_ENV, "forbid")
+    monkeypatch.setenv("BNBOOK_NOTEBOOK", "06_cnn")
+    key = cache.cache_key("toy", CONFIG, module.train)
+    with pytest.raises(store.MissingResult) as err:
+        _run(module)
+    assert f"no run toy ({key})" in str(err.value)
+    assert "    make results CHAPTER=06\n" in str(err.value)
+    assert module.CALLS == [400]
+
+
+def test_forbid_without_a_notebook_asks_the_manifest(book, monkeypatch):
+    module = book.experiment()
+    _compute_into_store(book, monkeypatch, module, notebook="07_what_bn_buys")
+    key = cache.cache_key("toy", CONFIG, module.train)
+    store.write_manifest(book.store, {"notebooks": {"07_what_bn_buys": [key]}})
+    monkeypatch.delenv("BNBOOK_NOTEBOOK")
+    monkeypatch.setenv(config.TRAIN_ENV, "forbid")
+    with pytest.raises(store.MissingResult, match="make results CHAPTER=07"):
+        _run(module, {**CONFIG, "lr": 0.07})  # the same experiment, a new setting
+    with pytest.raises(store.MissingResult, match=r"make results\n"):
+        _run(module, name="never-stored")
+
+
+def test_the_notebook_comes_from_the_build_or_jupyterlab(monkeypatch):
+    monkeypatch.delenv("BNBOOK_NOTEBOOK", raising=False)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert config.notebook() is None
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/book/notebooks/05_mnist.ipynb")
+    assert config.notebook() == "05_mnist"
+    monkeypatch.setenv("BNBOOK_NOTEBOOK", "06_cnn")
+    assert config.notebook() == "06_cnn"
+
+
+def test_a_damaged_entry_stops_rather_than_retrains(book, monkeypatch):
+    module = book.experiment()
+    _compute_into_store(book, monkeypatch, module)
+    (npz,) = book.store.glob("*.npz")
+    npz.write_bytes(npz.read_bytes()[:-10])
+    with pytest.raises(store.StoreError, match="cannot be read.*make results"):
+        _run(module)
+
+
+def test_without_a_store_everything_is_local(book, monkeypatch):
+    monkeypatch.setenv(store.STORE_ENV, "")
+    monkeypatch.setattr(store, "__file__", str(book.cache / "pkg" / "bnutils" / "store.py"))
+    assert store.root() is None  # a pip install: no results/ beside the package
+    module = book.experiment()
+    _run(module)
+    _run(module)
+    assert module.CALLS == [400]
+    monkeypatch.setenv(config.TRAIN_ENV, "store")
+    with pytest.raises(store.StoreError, match="no results store"):
+        _run(module, {**CONFIG, "lr": 0.07})
+
+
+def test_the_checkout_store_is_found_by_its_manifest():
+    assert store.root() is None or (store.root() / store.MANIFEST).exists()
+
+
+# --- data -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """MNIST with no files and no mirror: loading falls back to the bundled subset."""
+    spec = dataclasses.replace(data.DATASETS["mnist"], mirrors=("http://127.0.0.1:9/",))
+    monkeypatch.setitem(data.DATASETS, "mnist", spec)
+    empty = tmp_path / "no-mnist"
+    empty.mkdir()
+    monkeypatch.setenv("BNUTILS_DATA", str(empty))
+
+
+def _labels(split):
+    _, y = data.load_mnist(split)
+    return {"n": len(y), "step": np.arange(3)}
+
+
+needs_mnist = pytest.mark.skipif(
+    not any(data.default_root("mnist").glob("t10k-labels-idx1-ubyte*")),
+    reason="no local MNIST files; set BNUTILS_DATA")
+
+
+@needs_mnist
+@pytest.mark.filterwarnings("ignore:could not download")
+def test_a_full_data_entry_serves_a_build_without_the_data(book, monkeypatch, request):
+    monkeypatch.setenv(config.TRAIN_ENV, "store")
+    assert cache.train_or_load("labels", {"split": "test"}, _labels)["n"] == 10_000
+    monkeypatch.setattr(data, "_LOADED", {})  # a new process, offline, training forbidden
+    request.getfixturevalue("offline")
+    monkeypatch.setenv(config.TRAIN_ENV, "forbid")
+    assert cache.train_or_load("labels", {"split": "test"}, _labels)["n"] == 10_000
+    assert data.fingerprint("test")["source"] == "subset"
+
+
+@pytest.mark.filterwarnings("ignore:could not download")
+def test_the_store_refuses_a_run_on_the_subset(book, monkeypatch, offline):
+    monkeypatch.setenv(config.TRAIN_ENV, "store")
+    with pytest.raises(store.StoreError, match="bundled subset of mnist.*BNUTILS_DATA"):
+        cache.train_or_load("labels", {"split": "test"}, _labels)
+    assert not _entries(book.store)
+
+
+@needs_mnist
+@pytest.mark.filterwarnings("ignore:could not download")
+def test_a_learners_run_on_the_subset_never_passes_for_full_data(book, monkeypatch, request):
+    monkeypatch.setenv(config.TRAIN_ENV, "store")
+    cache.train_or_load("labels", {"split": "test"}, _labels)  # the book's, on full data
+    monkeypatch.delenv(config.TRAIN_ENV)
+    monkeypatch.setattr(data, "_LOADED", {})
+    request.getfixturevalue("offline")
+    data.load_mnist("test")  # the learner's notebook loads the subset
+    cache.train_or_load("labels", {"split": "test"}, _labels)  # a stored run is served...
+    ran = []
+
+    def mine():
+        ran.append(1)
+        return {"n": 0}
+
+    cache.train_or_load("mine", {}, mine)  # ...and a fresh one trains on the subset
+    (meta,) = book.cache.glob("mine-*.json")
+    used = json.loads(meta.read_text())["data"]
+    assert {d["data"]["source"] for d in used} == {"subset"}
+
+
+def test_an_inherited_claim_does_not_replace_a_subset_load(monkeypatch):
+    monkeypatch.setattr(data, "_LOADED", {})
+    args = {"split": "test", "root": None, "download": True, "subset": False,
+            "dataset": "mnist"}
+    subset = {"args": args, "data": {"source": "subset", "dataset": "mnist"}}
+    full = {"args": args, "data": {"source": "full", "dataset": "mnist"}}
+    data.remember([subset])
+    data.remember([full])
+    assert data.loaded() == [subset]
+    monkeypatch.setattr(data, "_LOADED", {})
+    data.remember([full])
+    data.remember([subset])
+    assert data.loaded() == [subset]
+
+
+# --- replaying ------------------------------------------------------------------------
+
+
+def test_step_limit_stops_every_progress_loop(monkeypatch):
+    monkeypatch.setenv("BNBOOK_PROGRESS", "summary")
+    with config.step_limit(3):
+        assert list(bnutils.progress(range(10), disable=True)) == [0, 1, 2]
+        assert list(bnutils.progress(range(10), desc="x")) == [0, 1, 2]
+    assert len(list(bnutils.progress(range(10), disable=True))) == 10
+
+
+def test_a_prefix_replay_trains_the_first_steps_with_the_same_schedule(book):
+    module = book.experiment()
+    stored = module.train(**CONFIG)
+    report = store.replay(module.train, CONFIG, stored)
+    assert report["ok"] and not report["whole"] and report["steps"] == store.REPLAY_STEPS
+    assert module.CALLS == [400, 100]  # the same call, cut short: same schedule
+    assert report["series"] == 3  # step, loss, w; final and seconds are not compared
+    assert report["max_diff"] == 0.0
+
+
+@pytest.mark.parametrize("change, prefix_ok", [
+    ({"doc": "Version 2: reworded."}, True),
+    ({"early": "2.01"}, False),  # acts from the first step: the prefix sees it
+    ({"late": "0.49"}, True),  # acts after mid-run: only a whole replay sees it
+])
+def test_what_prefix_and_whole_replays_see(book, change, prefix_ok):
+    stored = book.experiment().train(**CONFIG)
+    module = book.experiment(**change)
+    prefix = store.replay(module.train, CONFIG, stored)
+    whole = store.replay(module.train, CONFIG, stored, whole=True)
+    assert prefix["ok"] is prefix_ok
+    assert whole["ok"] is (change == {"doc": "Version 2: reworded."})
+    if not whole["ok"]:
+        assert any(p.startswith(("loss", "w")) for p in whole["problems"])
+
+
+def test_the_tolerance_admits_another_cpu_and_nothing_more(book):
+    module = book.experiment()
+    stored = module.train(**CONFIG)
+    other_cpu = {**stored, "loss": stored["loss"] * (1 + 2e-7), "w": stored["w"] + 2e-7}
+    assert store.compare(module.train(**CONFIG), other_cpu, whole=True)["problems"] == []
+    changed = {**stored, "w": stored["w"] + 1e-3}
+    problems = store.compare(module.train(**CONFIG), changed, whole=True)["problems"]
+    assert problems and problems[0].startswith("w: differs by up to 1.00e-03")
+
+
+def test_compare_lines_up_series_and_refuses_what_it_cannot():
+    stored = {"step": np.arange(1, 11), "acc": np.ones((3, 10)), "n": 3,
+              "runs": [{"x": np.zeros(10)}, {"x": np.zeros(8)}], "probe_set": "test"}
+    prefix = {"step": np.arange(1, 5), "acc": np.ones((3, 4)), "n": 4,
+              "runs": [{"x": np.zeros(4)}, {"x": np.zeros(4)}], "probe_set": "val"}
+    found = store.compare(prefix, stored, whole=False)
+    assert found["problems"] == [] and found["series"] == 2  # step, acc
+    assert store.compare(prefix, stored, whole=True)["problems"]
+    cases = [
+        ({**prefix, "acc": np.ones((2, 4))}, "acc: shape (2, 4), stored (3, 10)"),
+        ({**prefix, "acc": np.ones((3, 12))}, "acc: shape (3, 12), stored (3, 10)"),
+        ({k: v for k, v in prefix.items() if k != "n"}, "the result: keys differ (['n'])"),
+        ({**prefix, "acc": np.full((3, 4), np.nan)}, "acc: NaN or infinite"),
+        ({**prefix, "step": np.arange(2, 6)}, "step: differs"),
+    ]
+    for replayed, problem in cases:
+        assert store.compare(replayed, stored, whole=False)["problems"][0].startswith(problem)
+    timing = store.compare({"seconds": 1.0, "x": {"cpu_seconds": 2}},
+                           {"seconds": 9.0, "x": {"cpu_seconds": 5}}, whole=True)
+    assert timing == {"compared": 0, "series": 0, "trained": 0, "max_diff": 0.0,
+                      "problems": []}
+
+
+def test_a_run_that_logs_only_at_its_end_is_replayed_whole():
+    calls = []
+
+    def end_only(steps):
+        calls.append(steps)
+        n = sum(1 for _ in bnutils.progress(range(steps), disable=True))
+        return {"acc": float(n), "step": np.array([steps])}
+
+    stored = end_only(500)
+    report = store.replay(end_only, {"steps": 500}, stored)
+    assert report["ok"] and report["whole"] and report["compared"] == 2
+    assert store.replay(end_only, {"steps": 500}, {**stored, "acc": 499.0})["problems"]
+
+
+def _sparse(steps, per_step):
+    """Logs every 250 steps; with ``per_step``, each step's loss as well."""
+    trained, logged = [], [0]
+    for step in bnutils.progress(range(1, steps + 1), disable=True):
+        trained.append(step * 0.5)
+        if step % 250 == 0:
+            logged.append(step)
+    out = {"step": np.array(logged), "w": np.array(logged) * 0.5}
+    if per_step:
+        out["loss"] = np.array(trained)
+    return out
+
+
+@pytest.mark.parametrize("per_step, steps", [(True, 100), (False, 250)])
+def test_a_prefix_is_as_short_as_what_the_run_logs_allows(per_step, steps):
+    config = {"steps": 1000, "per_step": per_step}
+    report = store.replay(_sparse, config, _sparse(**config))
+    assert report["ok"] and report["steps"] == steps and report["trained"] >= 1
+
+
+def test_prefix_steps_follow_the_logged_steps():
+    assert store.prefix_steps({"step": np.array([0, 30, 60, 90, 120, 150])}) == 120
+    assert store.prefix_steps({"runs": {"step": np.array([500, 1000])}}) == 500
+    assert store.prefix_steps({"step": np.array([0, 50, 100])}) is None  # that is all of it
+    assert store.prefix_steps({"acc": np.ones(3)}) == store.REPLAY_STEPS
+
+
+def test_a_build_replays_what_it_serves(book, monkeypatch):
+    module = book.experiment()
+    _compute_into_store(book, monkeypatch, module)
+    key = cache.cache_key("toy", CONFIG, module.train)
+    store.write_manifest(book.store, {"notebooks": {"05_mnist": [key]}})
+    monkeypatch.setenv(config.TRAIN_ENV, "forbid")
+    monkeypatch.setenv(store.REPLAY_ENV, "a-commit")
+    monkeypatch.setenv("BNBOOK_NOTEBOOK", "05_mnist")
+    _run(module)
+    _run(module)  # once per job
+    (record,) = book.logs("replays")
+    assert record["key"] == key and record["ok"] and record["whole"]  # the chapter's only one
+    assert module.CALLS == [400, 400]
+    monkeypatch.setenv("BNBOOK_NOTEBOOK", "06_cnn")  # nothing chosen there: the prefix
+    monkeypatch.setenv(store.REPLAY_LOG_ENV, str(book.store.parent / "replays2.jsonl"))
+    _run(module)
+    (record,) = store.read_log(book.store.parent / "replays2.jsonl")
+    assert not record["whole"] and record["steps"] == store.REPLAY_STEPS
+
+
+def test_a_build_stops_on_a_stored_run_the_code_does_not_reproduce(book, monkeypatch):
+    module = book.experiment()
+    _compute_into_store(book, monkeypatch, module)
+    key = cache.cache_key("toy", CONFIG, module.train)
+    doc = json.loads((book.store / f"{key}.json").read_text())
+    with np.load(book.store / f"{key}.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["loss"][0] += 0.01
+    np.savez_compressed(book.store / f"{key}.npz", **arrays)
+    doc["npz_sha256"] = cache._file_sha256(book.store / f"{key}.npz")
+    (book.store / f"{key}.json").write_text(json.dumps(doc))
+    monkeypatch.setenv(config.TRAIN_ENV, "forbid")
+    monkeypatch.setenv(store.REPLAY_ENV, "a-commit")
+    with pytest.raises(store.ReplayMismatch, match=r"toy .* first 100 steps: loss: differs"):
+        _run(module)
+
+
+def test_whole_replays_rotate_over_the_entries_with_the_commit(tmp_path):
+    keys = [f"run-{i}" for i in range(5)]
+    store.write_manifest(tmp_path, {"notebooks": {"05_mnist": keys, "06_cnn": keys[:1]}})
+    chosen = [store.chosen_whole("05_mnist", f"commit{i}", tmp_path) for i in range(60)]
+    assert set(chosen) == set(keys)  # over commits, every one
+    assert chosen == [store.chosen_whole("05_mnist", f"commit{i}", tmp_path)
+                      for i in range(60)]  # and the same for the same commit
+    assert store.chosen_whole("06_cnn", "x", tmp_path) == "run-0"
+    assert store.chosen_whole("08_why", "x", tmp_path) is None
+    for i, key in enumerate(keys):  # run-3 and run-4 take too long for CI
+        seconds = store.WHOLE_MAX_SECONDS * (1 + (i >= 3))
+        (tmp_path / f"{key}.json").write_text(json.dumps({"provenance": {"seconds": seconds}}))
+    chosen = {store.chosen_whole("05_mnist", f"commit{i}", tmp_path) for i in range(60)}
+    assert chosen == set(keys[:3])
+    store.write_manifest(tmp_path, {"notebooks": {"05_mnist": keys[3:]}})
+    assert {store.chosen_whole("05_mnist", f"c{i}", tmp_path) for i in range(20)} == {"run-3"}
+
+
+# --- re-keying ------------------------------------------------------------------------
+
+
+def test_a_change_that_leaves_the_numbers_alone_is_rekeyed(book, monkeypatch):
+    old = book.experiment()
+    _compute_into_store(book, monkeypatch, old)
+    old_key = cache.cache_key("toy", CONFIG, old.train)
+    new = book.experiment(doc="Version 2: the docstring says more.")
+    new_key = cache.cache_key("toy", CONFIG, new.train)
+    assert new_key != old_key
+    monkeypatch.setenv(config.TRAIN_ENV, "forbid")
+    with pytest.raises(store.MissingResult):
+        _run(new)
+    result = _compute_into_store(book, monkeypatch, new)
+    assert new.CALLS == [store.REPLAY_STEPS]  # a replay of the first steps, no training
+    assert sorted(_entries(book.store)) == sorted(
+        f"{k}.{x}" for k in (old_key, new_key) for x in ("json", "npz"))
+    prov = json.loads((book.store / f"{new_key}.json").read_text())["provenance"]
+    (event,) = prov["rekeyed"]
+    assert event["from"] == old_key and event["replay"]["steps"] == store.REPLAY_STEPS
+    assert event["tolerance"] == store.TOLERANCE and event["replay"]["max_diff"] == 0.0
+    assert prov["seconds"] > 0  # the original computation's
+    monkeypatch.setenv(config.TRAIN_ENV, "forbid")
+    np.testing.assert_array_equal(_run(new)["w"], result["w"])
+    assert [r["event"] for r in book.logs("job")] == ["start", "done", "rekey", "read"]
+
+
+def test_a_numerical_change_is_computed_not_rekeyed(book, monkeypatch, capsys):
+    _compute_into_store(book, monkeypatch, book.experiment())
+    new = book.experiment(early="2.01")
+    _compute_into_store(book, monkeypatch, new)
+    assert new.CALLS == [store.REPLAY_STEPS, 400]
+    assert "does not replay equal" in capsys.readouterr().out
+    key = cache.cache_key("toy", CONFIG, new.train)
+    assert "rekeyed" not in json.loads((book.store / f"{key}.json").read_text())["provenance"]
+
+
+def test_rekeying_can_be_refused_for_a_name(book, monkeypatch):
+    _compute_into_store(book, monkeypatch, book.experiment())
+    new = book.experiment(doc="Version 2.")
+    monkeypatch.setenv(store.NO_REKEY_ENV, "other,toy")
+    _compute_into_store(book, monkeypatch, new)
+    assert new.CALLS == [400]
+
+
+def test_only_the_same_name_and_configuration_is_a_candidate(book, monkeypatch):
+    _compute_into_store(book, monkeypatch, book.experiment())
+    new = book.experiment(doc="Version 2.")
+    _compute_into_store(book, monkeypatch, new, cfg={**CONFIG, "lr": 0.06})
+    assert new.CALLS == [400]
+
+
+def test_nothing_is_stored_or_read_while_replaying(book, monkeypatch):
+    inner_calls = []
+
+    def inner(steps):
+        inner_calls.append(steps)
+        return {"x": np.arange(steps)}
+
+    def outer(steps):
+        return {"step": np.arange(1, 301), "x": cache.train_or_load(
+            "inner", {"steps": steps}, inner, verbose=False)["x"]}
+
+    monkeypatch.setenv(config.TRAIN_ENV, "store")
+    stored = cache.train_or_load("outer", {"steps": 3}, outer, verbose=False)
+    assert len(_entries(book.store)) == 4
+    report = store.replay(outer, {"steps": 3}, stored, whole=True)
+    assert report["ok"] and inner_calls == [3, 3] and len(_entries(book.store)) == 4
+
+
+
+def test_a_replay_runs_with_the_entrys_numerics_or_not_at_all(book, monkeypatch):
+    module = book.experiment()
+    stored = module.train(**CONFIG)
+    here = store.provenance(1.0)
+    assert here["numerics"]["device"] == "cpu" and here["numerics"]["capability"]
+    threads = []
+    monkeypatch.setattr(module.np.random, "default_rng", _spy(
+        module.np.random.default_rng, lambda: threads.append(torch.get_num_threads())))
+    before = torch.get_num_threads()
+    assert store.replay(module.train, CONFIG, stored, like={**here, "threads": 3})["ok"]
+    assert threads == [3] and torch.get_num_threads() == before
+    other = {**here, "numerics": {**here["numerics"], "capability": "AVX512"}}
+    report = store.replay(module.train, CONFIG, stored, like=other)
+    assert not report["ok"] and "replay it where they are the same" in report["problems"][0]
+    assert threads == [3]  # refused before it ran
+
+
+def _spy(fn, before):
+    def spy(*args, **kwargs):
+        before()
+        return fn(*args, **kwargs)
+    return spy
+
+
+def test_the_books_training_loops_stop_where_a_replay_says():
+    """Replays cut runs short through bnutils.progress: every trainer must loop over it."""
+    from torch import nn
+
+    from bnutils import train
+    from bnutils.batched import StackedMLP, train_stacked
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(120, 784, generator=g), torch.randint(0, 10, (120,), generator=g)
+    with config.step_limit(7):
+        logs = train_stacked(StackedMLP(2), x, y, 50, 0.1, batch_size=10, log_every=5,
+                             progress=False)
+        net = nn.Sequential(nn.Linear(784, 10))
+        _, losses = train.train(net, torch.optim.SGD(net.parameters(), lr=0.1), x, y, 50,
+                                batch_size=10, progress=False)
+    assert np.isfinite(logs["losses"]).all(axis=1).sum() == 7 and list(logs["step"]) == [5]
+    assert len(losses) == 7
