@@ -21,11 +21,7 @@ FOUR = {"reproduces", "partly", "does not reproduce", "not tested"}
 
 # Rows whose chapter does not glue a ledger word yet. Each is an expected failure that
 # must fail: when the chapter glues its word, the test says so and the entry goes.
-PENDING = {
-    "BN reduces internal covariate shift (ICS)":
-        "chapter 8 glues no verdict word for this row yet: its ICS verdict is rewritten "
-        "per training phase with chapters 8-9 (issue 25, after the trainer branch)",
-}
+PENDING = {}
 
 
 def table_rows(text):
