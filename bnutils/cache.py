@@ -13,9 +13,10 @@ has changed. The key covers
   values of the globals it uses (``HIDDEN = 50``, a table of lambdas, a tensor of data);
 - the ``bnutils`` version.
 
-An argument that only changes what a run shows, ``progress`` (``DISPLAY_ONLY``), is left
-out where a ``functools.partial`` or a closure binds it: a run with a progress bar and
-the same run without one share their result.
+What a run shows is not part of it: experiments read whether to draw progress bars
+from ``bnutils.config`` when they run (``BNBOOK_PROGRESS``), so no argument, closure or
+``functools.partial`` binds it, and a run with live bars and the same run without them
+share one result. Every bound argument counts.
 
 Library code (PyTorch, NumPy, the standard library) counts by its name only.
 The data is checked as well: ``bnutils.data`` remembers what this process has loaded;
@@ -50,9 +51,6 @@ import torch
 
 from . import data, store
 from .config import train_mode
-
-# bound arguments that only change what a run prints, never its result
-DISPLAY_ONLY = frozenset({"progress"})
 
 
 def results_root():
@@ -223,7 +221,7 @@ class _Describer:
     # code
 
     def partial(self, value, sourced):
-        keywords = {k: v for k, v in sorted(value.keywords.items()) if k not in DISPLAY_ONLY}
+        keywords = dict(sorted(value.keywords.items()))
         return {"__partial__": [self(value.func, sourced),
                                 self.at("partial args", value.args, sourced),
                                 self.at("partial keywords", keywords, sourced)]}
@@ -259,8 +257,7 @@ class _Describer:
 
     def closure(self, fn):
         cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True))
-        return {name: self.at(name, _cell_value(cell)) for name, cell in cells.items()
-                if name not in DISPLAY_ONLY}
+        return {name: self.at(name, _cell_value(cell)) for name, cell in cells.items()}
 
     def names(self, code, namespace, sourced):
         """The globals ``code`` loads, and the attributes it reads from our modules."""

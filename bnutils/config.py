@@ -57,15 +57,18 @@ def device():
 
 
 PROGRESS_ENV = "BNBOOK_PROGRESS"
-PROGRESS_MODES = ("live", "summary")
+PROGRESS_MODES = ("live", "summary", "off")
 
 
 def progress_mode():
-    """How ``progress`` reports: ``"live"`` (the default) or ``"summary"``.
+    """How ``progress`` reports: ``"live"`` (the default), ``"summary"`` or ``"off"``.
 
     ``BNBOOK_PROGRESS`` decides whether a person watches: unset or ``live`` where one
     does (JupyterLab, Colab, a terminal); ``summary`` where nobody does (the book build
-    and the tests, set by the Makefile), so the executed pages keep one line per run.
+    and the tests, set by the Makefile), so the executed pages keep one line per run;
+    ``off`` where nothing may print (the worker processes of ``parallel.prefill``).
+    Experiments read it when they run and take no ``progress`` argument: what a run
+    shows is never part of what it computes, nor of its cache key.
     """
     mode = os.environ.get(PROGRESS_ENV, "").strip().lower() or "live"
     if mode not in PROGRESS_MODES:
@@ -84,7 +87,7 @@ def progress(iterable, desc=None, total=None, disable=False, **kwargs):
     """
     if _STEP_LIMIT is not None:  # a replay of a run's first steps (bnutils.store)
         iterable = itertools.islice(iterable, _STEP_LIMIT)
-    if disable:
+    if disable or progress_mode() == "off":
         return iterable
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)

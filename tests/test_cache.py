@@ -448,19 +448,40 @@ def test_partial_arguments_are_keyed(tmp_path):
     assert version(functools.partial(_echo, a=1)) != version(functools.partial(_echo, b=1))
 
 
-def test_progress_bars_share_a_result():
-    """Chapter 6 fills the cache without bars (worker processes) and reads it with them."""
+SHOWN = []
+
+
+def _shown(steps):
+    SHOWN.append(steps)
+    for _ in bnutils.progress(range(steps), desc="run"):
+        pass
+    return {"x": np.arange(steps)}
+
+
+def test_progress_bars_share_a_result(tmp_path, monkeypatch):
+    """What a run shows is read from bnutils.config when it runs, not bound into it: a
+    run with live bars and the same run with none (a prefill worker) share one entry."""
+    SHOWN.clear()
+    monkeypatch.setenv("BNBOOK_PROGRESS", "live")
+    first = cache.train_or_load("bars", {"steps": 3}, _shown, root=tmp_path, verbose=False)
+    monkeypatch.setenv("BNBOOK_PROGRESS", "off")
+    again = cache.train_or_load("bars", {"steps": 3}, _shown, root=tmp_path, verbose=False)
+    assert SHOWN == [3] and again["x"].tolist() == first["x"].tolist()
+    assert len(list(tmp_path.glob("bars-*.json"))) == 1
+
+
+def test_every_bound_argument_counts():
+    """No argument is exempt from the key, ``progress`` included: a bound value that
+    differs is another run as far as the cache can tell."""
     version = cache.code_version
+    assert version(functools.partial(_echo, a=1, progress=True)) != \
+        version(functools.partial(_echo, a=1, progress=False))
 
     def bound(progress):
         return lambda **c: _echo(**c, progress=progress)
 
-    assert version(functools.partial(_echo, a=1, progress=True)) == \
-        version(functools.partial(_echo, a=1, progress=False))
-    assert version(functools.partial(_echo, a=1, progress=False)) != \
-        version(functools.partial(_echo, a=2, progress=False))
-    assert version(bound(True)) == version(bound(False))
-    assert version(bound(True)) != version(lambda **c: _echo(**c, progress=True))
+    assert version(bound(True)) != version(bound(False))
+    assert not hasattr(cache, "DISPLAY_ONLY")
 
 
 def _helper(steps):
@@ -1173,8 +1194,8 @@ nb = _notebook(NOTEBOOK)
 print(bnutils.__file__)
 print(cache.cache_key("exp", {{"ids": {{"x", "y", "z"}}, "method": "gn"}}, nb["run"]))
 print(cache.code_version(functools.partial(sys.modules["bnutils.experiments.figure1"]._runs,
-                                           progress=False)))
-print(cache.code_version(lambda **c: figure3.run_config(**c, progress=False)))
+                                           units=4)))
+print(cache.code_version(lambda **c: figure3.run_config(**c, evals=2)))
 exec(compile("def f(x):\\n    return x in {{'bn', 'ln', 'gn', 'in'}}", "<no source>", "exec"))
 print(cache.code_version(f))  # a frozenset of strings: its order depends on the hash seed
 """

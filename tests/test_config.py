@@ -87,6 +87,14 @@ def test_progress_mode_rejects_an_unknown_value(monkeypatch):
         bnutils.progress(range(3))
 
 
+def test_off_mode_prints_nothing(monkeypatch, capsys, in_kernel):
+    """The workers of ``parallel.prefill`` run with ``off``: their bars would interleave."""
+    monkeypatch.setenv("BNBOOK_PROGRESS", "off")
+    assert list(bnutils.progress(range(5), desc="steps")) == [0, 1, 2, 3, 4]
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ""
+
+
 def test_summary_mode_prints_one_line_even_where_widgets_work(monkeypatch, capsys, in_kernel):
     monkeypatch.setenv("BNBOOK_PROGRESS", "summary")
     assert list(bnutils.progress(range(5), desc="steps")) == [0, 1, 2, 3, 4]

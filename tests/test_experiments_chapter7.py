@@ -102,8 +102,7 @@ def test_window_of_trainable_scales():
 def test_run_scales_records_what_it_promises(monkeypatch, tmp_path):
     monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
     r = deep_mlp.run_scales(4, True, [0.1, 1.0], [0, 1], lr=[0.5, 0.1], depth=3, width=8,
-                            evals=2, detail=(1,), n_probe=50, n_val=100, n_test=100,
-                            progress=False)
+                            evals=2, detail=(1,), n_probe=50, n_val=100, n_test=100)
     assert r["acc"].shape == r["val_acc"].shape == r["diverged"].shape == (2, 2)
     assert r["step"].tolist() == [0, 2, 4]
     assert r["saturated"].shape == (3, 2, 2, 3) and r["val_curve"].shape == (3, 2, 2)
@@ -116,7 +115,7 @@ def test_run_scales_records_what_it_promises(monkeypatch, tmp_path):
 
 def test_without_bn_a_large_scale_saturates_and_a_small_one_does_not():
     r = deep_mlp.run_scales(1, False, [0.01, 3.0], [0], lr=0.1, depth=3, width=16,
-                            evals=1, n_probe=200, n_val=200, n_test=100, progress=False)
+                            evals=1, n_probe=200, n_val=200, n_test=100)
     small, large = r["saturated"][0, :, 0]  # at the start, (depth,) each
     assert large[0] > 0.9 and np.all(large > 0.5) and np.all(small == 0.0)
 
@@ -125,8 +124,7 @@ def test_regularization_returns_train_test_and_gap(monkeypatch, tmp_path):
     monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
     out = regularization.regularization(4, seeds=(0, 1), lr={"none": 0.1, "bn": 0.1},
                                         virtual_batches=(6,), n_train=120, hidden=(8,),
-                                        batch_size=12, evals=2, n_val=50, n_test=50,
-                                        progress=False)
+                                        batch_size=12, evals=2, n_val=50, n_test=50)
     assert list(out) == ["none", "none_dropout", "bn", "bn_dropout", "ghost_6"]
     for r in out.values():
         assert r["train_acc"].shape == r["acc"].shape == r["gap"].shape == (2,)
@@ -138,7 +136,7 @@ def test_regularization_returns_train_test_and_gap(monkeypatch, tmp_path):
 def test_regularization_takes_a_rate_and_a_dropout_per_network(monkeypatch, tmp_path):
     monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
     small = {"n_train": 120, "hidden": (8,), "batch_size": 12, "evals": 2, "n_val": 50,
-             "n_test": 50, "progress": False}
+             "n_test": 50}
     one = regularization.regularization(4, (0,), {"none": 0.1, "bn": 0.1}, nets=("none",),
                                         dropout={"none": 0.5, "bn": 0.5}, **small)
     other = regularization.regularization(4, (0,), {"none": 0.1, "none_dropout": 0.3,
@@ -154,7 +152,7 @@ def test_tune_searches_dropout_and_rate_and_says_if_the_best_is_inside(monkeypat
     monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
     t = regularization.tune(4, False, (0.03, 0.1, 0.3), dropouts=(0.0, 0.2, 0.5),
                             n_train=120, hidden=(8,), batch_size=12, evals=2, n_val=50,
-                            n_test=50, progress=False)
+                            n_test=50)
     assert t["val_acc"].shape == (3, 3) and t["dropout"].tolist() == [0.0, 0.2, 0.5]
     grid = {"lr": np.array([0.1, 0.3, 1.0]), "dropout": np.array([0.0, 0.1, 0.2, 0.5])}
     peak = np.zeros((4, 3))
@@ -296,7 +294,7 @@ def test_prefilled_runs_are_the_notebooks_cache_hits(tmp_path, monkeypatch):
 
     monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
     tiny = {"dataset": "fashion-mnist", "evals": 1, "n_val": 50, "n_test": 50,
-            "n_probe": 20, "progress": False}
+            "n_probe": 20}
     calls = [(figure3, (4,), {"seeds": (s,), "configs": ["bn"], **tiny})
              for s in (0, 1)]
     prefill(calls, workers=2)
@@ -307,9 +305,9 @@ def test_prefilled_runs_are_the_notebooks_cache_hits(tmp_path, monkeypatch):
     assert both["acc"].shape == (2, 2)
 
 
-def test_quiet_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch):
-    """Chapters 5 and 7 prefill with ``progress=False`` (and one network per worker);
-    their own calls, with progress bars and both networks, must only load."""
+def test_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch):
+    """Chapters 5 and 7 prefill (one network per worker, no bars there); their own
+    calls, with progress bars and both networks, must only load."""
     import importlib
 
     from bnutils.experiments.parallel import prefill
@@ -321,20 +319,18 @@ def test_quiet_runs_in_workers_are_the_calls_with_progress(tmp_path, monkeypatch
     reg = {"n_train": 60, "hidden": (8,), "batch_size": 12, "evals": 1, "n_val": 50,
            "n_test": 50}
     fig1 = {"steps": 2, "n_val": 50, "n_test": 50, "log_every": 1, "pct_examples": 20}
-    quiet = {"progress": False}
-    calls = [(deep_mlp.tune_lr, (2, norm, (0.1, 1.0), 0.5), {**deep, **quiet})
+    calls = [(deep_mlp.tune_lr, (2, norm, (0.1, 1.0), 0.5), {**deep})
              for norm in (False, True)]
     calls += [(deep_mlp.trainability, (2, (0.1, 1.0), (0,), rates),
-               {"nets": (net,), **deep, **quiet}) for net in rates]
-    calls += [(regularization.tune, (2, norm, (0.1, 1.0), (0.0, 0.2)), {**reg, **quiet})
+               {"nets": (net,), **deep}) for net in rates]
+    calls += [(regularization.tune, (2, norm, (0.1, 1.0), (0.0, 0.2)), {**reg})
               for norm in (False, True)]
     reg_rates = {**rates, "none_dropout": 1.0, "bn_dropout": 0.1}
     dropout = {"none": 0.2, "bn": 0.1}
     calls += [(regularization.regularization, (2, (0,), reg_rates),
-               {"virtual_batches": (6,), "dropout": dropout, "nets": (net,), **reg,
-                **quiet})
+               {"virtual_batches": (6,), "dropout": dropout, "nets": (net,), **reg})
               for net in regularization.STACKS]
-    calls += [(figure1.figure1_runs, ((0.1,), (0.05,), (0,)), {**fig1, **quiet})]
+    calls += [(figure1.figure1_runs, ((0.1,), (0.05,), (0,)), {**fig1})]
     prefill(calls, workers=1)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 2 * len(calls)  # one .json and one .npz per run

@@ -23,8 +23,8 @@ from bnutils.experiments.figure1 import (
 )
 
 f1 = importlib.import_module("bnutils.experiments.figure1")  # the module, not the function
-TINY = dict(steps=20, log_every=10, units=3, pct_examples=200, progress=False)
-GRID = dict(steps=30, log_every=10, units=4, pct_examples=300, n_val=500, progress=False)
+TINY = dict(steps=20, log_every=10, units=3, pct_examples=200)
+GRID = dict(steps=30, log_every=10, units=4, pct_examples=300, n_val=500)
 
 
 @pytest.fixture(autouse=True)
@@ -335,9 +335,9 @@ def test_choose_setting_takes_the_best_rate_and_scale_on_validation():
 
 def test_cached_runs_load_without_a_word(capsys):
     """Chapter 5 printed ten "loaded cached result ... _cache/results" lines."""
-    f1.figure1_runs((0.5,), (0.05,), (0,), **{**GRID, "progress": False})
+    f1.figure1_runs((0.5,), (0.05,), (0,), **GRID)
     capsys.readouterr()
-    f1.figure1_runs((0.5,), (0.05,), (0,), **{**GRID, "progress": False})
+    f1.figure1_runs((0.5,), (0.05,), (0,), **GRID)
     assert "cached result" not in capsys.readouterr().out
 
 

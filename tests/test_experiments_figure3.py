@@ -19,7 +19,7 @@ from bnutils.experiments.figure3 import (
 )
 from bnutils.models import small_cnn
 
-TINY = {"steps": 6, "evals": 2, "n_val": 200, "n_test": 200, "n_probe": 100, "progress": False}
+TINY = {"steps": 6, "evals": 2, "n_val": 200, "n_test": 200, "n_probe": 100}
 
 
 def test_small_cnn_layout_and_shapes():
@@ -137,7 +137,7 @@ def test_settings_apply_each_change_alone():
 def test_warmup_slow_groups_and_trace(tmp_path, monkeypatch):
     monkeypatch.setenv("BNUTILS_RESULTS", str(tmp_path))
     r = run_cnn(8, norm="bn", lr=3.0, warmup=4, slow=("affine", "head"), slow_lr=0.1,
-                trace=5, evals=2, n_val=100, n_test=100, n_probe=50, progress=False)
+                trace=5, evals=2, n_val=100, n_test=100, n_probe=50)
     t = r["trace"]
     assert t["loss"].shape == t["logit_std"].shape == t["head_norm"].shape == (5,)
     for key in ("dead", "conv_norm", "gamma", "beta"):
@@ -146,7 +146,7 @@ def test_warmup_slow_groups_and_trace(tmp_path, monkeypatch):
     assert np.all(t["conv_norm"] > 0) and np.all((0 <= t["dead"]) & (t["dead"] <= 1))
     assert r["slow"] == ["affine", "head"] and r["warmup"] == 4
     with pytest.raises(ValueError, match="parameter kinds"):
-        run_cnn(2, norm="bn", slow=("conv",), progress=False)
+        run_cnn(2, norm="bn", slow=("conv",))
 
 
 def test_learning_rate_factor_warms_up_then_halves():

@@ -41,7 +41,7 @@ def _stack_stats(model, nets, x, y, lr):
 
 def run_scales(steps, norm, scales, seeds, lr, depth=DEPTH, width=WIDTH,
                activation="sigmoid", batch_size=60, evals=10, n_probe=1000,
-               detail=(), n_train=None, n_val=None, n_test=None, progress=True):
+               detail=(), n_train=None, n_val=None, n_test=None):
     """Train one MLP per (scale, seed) pair, side by side; no caching.
 
     ``depth`` hidden layers of ``width`` units (BN before every hidden activation when
@@ -86,7 +86,7 @@ def run_scales(steps, norm, scales, seeds, lr, depth=DEPTH, width=WIDTH,
     first = callback(0, model)
     logs = train_stacked(model, x, y, steps, rates, batch_size=batch_size,
                          log_every=max(1, steps // evals), callback=callback,
-                         progress=progress, desc=f"{'BN' if norm else 'no BN'} MLP")
+                         desc=f"{'BN' if norm else 'no BN'} MLP")
     result = {
         "step": np.concatenate([[0], logs["step"]]),
         "saturated": np.concatenate([first["saturated"][None].numpy(), logs["saturated"]]),
@@ -100,12 +100,12 @@ def run_scales(steps, norm, scales, seeds, lr, depth=DEPTH, width=WIDTH,
     return result
 
 
-def tune_lr(steps, norm, rates, scale, seeds=(0,), progress=True, **options):
+def tune_lr(steps, norm, rates, scale, seeds=(0,), **options):
     """Validation accuracy of nets started at ``scale`` for every learning rate in
     ``rates`` (cached): ``{"lr": (rates,), "val_acc": (rates, seeds)}``."""
     def run(**c):
         r = run_scales(c["steps"], c["norm"], [c["scale"]] * len(c["rates"]), c["seeds"],
-                       lr=c["rates"], evals=1, progress=progress,
+                       lr=c["rates"], evals=1,
                        **{k: c[k] for k in c if k not in ("steps", "norm", "scale", "seeds",
                                                           "rates")})
         return {"lr": np.array(c["rates"]), "val_acc": r["val_acc"]}
@@ -118,7 +118,7 @@ def tune_lr(steps, norm, rates, scale, seeds=(0,), progress=True, **options):
 NETS = {"none": False, "bn": True}
 
 
-def trainability(steps, scales, seeds, lr, detail=(), nets=tuple(NETS), progress=True,
+def trainability(steps, scales, seeds, lr, detail=(), nets=tuple(NETS),
                  **options):
     """``run_scales`` without and with BN (cached): ``{"none": ..., "bn": ...}``.
 
@@ -131,7 +131,7 @@ def trainability(steps, scales, seeds, lr, detail=(), nets=tuple(NETS), progress
                   "seeds": list(seeds), "lr": float(lr[name]), "detail": list(detail),
                   **options}
         out[name] = train_or_load(f"deep-mlp-{name}", config,
-                                  lambda **c: run_scales(**c, progress=progress),
+                                  run_scales,
                                   verbose=False)
     return out
 

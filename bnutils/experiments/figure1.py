@@ -43,7 +43,7 @@ SPLIT_SEED = 0  # the validation split: one for every run, so all choose on the 
 
 
 def figure1(steps=50_000, seed=0, batch_size=60, log_every=500, lr=2.0, init_std=0.05,
-            units=8, pct_examples=1000, progress=True, inputs="standardized"):
+            units=8, pct_examples=1000, inputs="standardized"):
     """Train the baseline and the BN network of Figure 1 and return their logs (cached).
 
     Both are ``784-100-100-100-10`` sigmoid MLPs (``bnutils.models.mlp``) with weights
@@ -72,7 +72,7 @@ def figure1(steps=50_000, seed=0, batch_size=60, log_every=500, lr=2.0, init_std
     """
     runs = figure1_runs((lr,), (init_std,), (seed,), steps=steps, inputs=inputs, n_val=0,
                         batch_size=batch_size, log_every=log_every, units=units,
-                        pct_examples=pct_examples, progress=progress)
+                        pct_examples=pct_examples)
     return one_run(runs)
 
 
@@ -93,7 +93,7 @@ def one_run(runs, i_lr=0, i_std=0, i_seed=0):
 
 def figure1_runs(lrs, init_stds=(0.05,), seeds=(0,), steps=50_000, inputs="standardized",
                  n_val=5_000, batch_size=60, log_every=1_000, units=8, pct_examples=1_000,
-                 n_test=None, progress=True):
+                 n_test=None):
     """Figure 1's two networks for every setting of a grid, trained in two stacks (cached).
 
     The grid is ``lrs x init_stds x seeds`` (each a sequence); ``seeds`` seed both the
@@ -134,7 +134,7 @@ def figure1_runs(lrs, init_stds=(0.05,), seeds=(0,), steps=50_000, inputs="stand
                   n_val=n_val, batch_size=batch_size, log_every=log_every, units=units,
                   pct_examples=pct_examples, n_test=n_test)
     return cache.train_or_load("figure1-runs", config,
-                               functools.partial(_runs, progress=progress), verbose=False)
+                               _runs, verbose=False)
 
 
 def figure1_sensitivity(lrs, init_stds, inputs=INPUTS, steps=5_000, seeds=(0,), **kwargs):
@@ -143,7 +143,7 @@ def figure1_sensitivity(lrs, init_stds, inputs=INPUTS, steps=5_000, seeds=(0,), 
     Each ``(inputs, init_std)`` setting is one cached run, its learning rates and seeds
     trained as one stack. Returns ``{inputs: runs}``, each with the ``(L, S, R)`` grid
     axes of ``figure1_runs`` (the settings joined along the ``init_std`` axis).
-    ``kwargs`` go to ``figure1_runs`` (``n_val``, ``log_every``, ``progress``, ...).
+    ``kwargs`` go to ``figure1_runs`` (``n_val``, ``log_every``, ...).
     """
     return {
         kind: join([figure1_runs(lrs, (s,), seeds, steps=steps, inputs=kind, **kwargs)
@@ -319,7 +319,7 @@ def nearest_lr(lrs, ratio, chosen, picture="paper", factor=2.0):
 
 
 def _runs(lrs, init_stds, seeds, steps, inputs, n_val, batch_size, log_every, units,
-          pct_examples, n_test, progress=True):
+          pct_examples, n_test):
     dev = default_device()
     train_set, val_set, test_set = held_out_data(inputs, n_val, dev)
     test_set = tuple(t[:n_test] for t in test_set)
@@ -335,7 +335,7 @@ def _runs(lrs, init_stds, seeds, steps, inputs, n_val, batch_size, log_every, un
         first = {key: _numpy(v) for key, v in probe(0, model).items()}
         logs = train_stacked(model, *train_set, steps, lr_k, batch_size=batch_size,
                              data_seeds=seed_k, log_every=log_every, callback=probe,
-                             progress=progress, desc=f"{net} x {len(grid)}")
+                             desc=f"{net} x {len(grid)}")
         seconds[net] = time.perf_counter() - start
         out["step"] = np.concatenate([[0], logs["step"]]).astype(np.int64)
         logs["loss"] = np.concatenate([np.full((1, len(grid)), np.nan), logs["loss"]])

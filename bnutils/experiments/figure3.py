@@ -178,7 +178,7 @@ def _probe(model, x):
 def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1,
             dropout=0.2, weight_decay=5e-4, half_life=1.0, warmup=0, slow=(),
             slow_lr=0.1, batch_size=64, evals=15, max_loss=20.0, n_train=None,
-            n_val=None, n_test=None, n_probe=1000, trace=0, eval_start=True, progress=True,
+            n_val=None, n_test=None, n_probe=1000, trace=0, eval_start=True,
             desc="training"):
     """Train one ``small_cnn(norm, activation, dropout)``; no caching.
 
@@ -231,7 +231,7 @@ def run_cnn(steps, seed=0, dataset="mnist", norm=None, activation="relu", lr=0.1
     stream = batches(x, y, batch_size, seed=seed)
     model.train()
     diverged = False
-    for step in progress_bar(range(1, steps + 1), desc=desc, disable=not progress,
+    for step in progress_bar(range(1, steps + 1), desc=desc,
                              mininterval=1):
         xb, yb = next(stream)
         tracing = step <= trace
@@ -285,17 +285,17 @@ def run_config(name, steps, seed=0, dataset="mnist", lr=0.1, dropout=0.2,
     halved every ``steps`` steps (every ``steps / 6`` with the section 4.2.1 changes,
     which also drop dropout and divide the weight decay by 5). ``options`` go to
     ``run_cnn`` (``batch_size``, ``evals``, ``max_loss``, ``n_train``, ``n_val``,
-    ``n_test``, ``n_probe``, ``trace``, ``progress``), which documents the result.
+    ``n_test``, ``n_probe``, ``trace``), which documents the result.
     """
     return run_cnn(steps, seed, dataset, **config_settings(name, lr, dropout, weight_decay),
                    desc=name, **options)
 
 
-def cached_runs(key, steps, seeds, run, progress=True, **config):
+def cached_runs(key, steps, seeds, run, **config):
     """``run(steps=..., seed=s, **config)`` for every seed in ``seeds``, each cached
     under the name ``key``, stacked along a first seed axis (see ``stack``)."""
     runs = [train_or_load(key, {"steps": steps, "seed": int(s), **config},
-                          lambda **c: run(**c, progress=progress), verbose=False)
+                          run, verbose=False)
             for s in seeds]
     return stack(runs)
 
@@ -331,7 +331,7 @@ def _pad(a, n):
     return np.concatenate([a, np.full((n - len(a), *a.shape[1:]), np.nan)])
 
 
-def figure3(steps, seeds=(0,), dataset="mnist", configs=None, progress=True, **options):
+def figure3(steps, seeds=(0,), dataset="mnist", configs=None, **options):
     """Train every configuration of ``CONFIGS`` (or those named in ``configs``) for
     ``steps`` steps on ``dataset`` ("mnist" or "fashion-mnist") with every seed of
     ``seeds``, caching each run.
@@ -345,7 +345,7 @@ def figure3(steps, seeds=(0,), dataset="mnist", configs=None, progress=True, **o
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         raise ValueError(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
-    return {name: cached_runs(f"figure3-{name}", steps, seeds, run_config, progress,
+    return {name: cached_runs(f"figure3-{name}", steps, seeds, run_config,
                               name=name, dataset=dataset, **options)
             for name in names}
 

@@ -31,7 +31,7 @@ ABLATION = {
 
 
 def grid(steps, multiples, seeds, threshold, dataset="fashion-mnist", stop_after=1,
-         workers=1, progress=True, **options):
+         workers=1, **options):
     """Train ``small_cnn`` without and with BN at learning-rate ``multiples`` of the
     base rate (0.1), all other settings the baseline's (cached per run).
 
@@ -46,19 +46,18 @@ def grid(steps, multiples, seeds, threshold, dataset="fashion-mnist", stop_after
     out, failures = {net: {} for net in nets}, dict.fromkeys(nets, 0)
     for m in sorted(multiples):
         climbing = [net for net in nets if failures[net] < stop_after]
-        prefill([_grid_call(steps, nets[net], m, (s,), dataset, False, options)
+        prefill([_grid_call(steps, nets[net], m, (s,), dataset, options)
                  for net in climbing for s in seeds], workers)
         for net in climbing:
-            fn, args, kwargs = _grid_call(steps, nets[net], m, seeds, dataset, progress,
-                                          options)
+            fn, args, kwargs = _grid_call(steps, nets[net], m, seeds, dataset, options)
             out[net][m] = r = fn(*args, **kwargs)
             failures[net] = 0 if stable(r, threshold) else failures[net] + 1
     return out
 
 
-def _grid_call(steps, norm, multiple, seeds, dataset, progress, options):
+def _grid_call(steps, norm, multiple, seeds, dataset, options):
     """The cached call of one grid point, as ``(fn, args, kwargs)``."""
-    return (cached_runs, ("cnn-lr-grid", steps, seeds, run_cnn, progress),
+    return (cached_runs, ("cnn-lr-grid", steps, seeds, run_cnn),
             {"dataset": dataset, **settings(norm, changes=[("rate", multiple)]), **options})
 
 
@@ -80,8 +79,7 @@ def x30_settings(warmup):
             "slow_head": {**x30, "slow": ("head",), "slow_lr": 0.1}}
 
 
-def variants(steps, specs, seeds, dataset="fashion-mnist", workers=1, progress=True,
-             **options):
+def variants(steps, specs, seeds, dataset="fashion-mnist", workers=1, **options):
     """Train every ``{name: settings}`` of ``specs`` with every seed (cached per run).
 
     Two names with the same settings share their runs. ``workers``: train them in that
@@ -89,9 +87,9 @@ def variants(steps, specs, seeds, dataset="fashion-mnist", workers=1, progress=T
     """
     if workers > 1:
         prefill([(variants, (steps, {name: spec}, (s,), dataset),
-                  {"progress": False, **options}) for name, spec in specs.items()
+                  options) for name, spec in specs.items()
                  for s in seeds], workers)
-    return {name: cached_runs("cnn-variant", steps, seeds, run_cnn, progress,
+    return {name: cached_runs("cnn-variant", steps, seeds, run_cnn,
                               dataset=dataset, **spec, **options)
             for name, spec in specs.items()}
 

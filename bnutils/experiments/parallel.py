@@ -18,6 +18,8 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from ..config import PROGRESS_ENV
+
 
 def _start_worker():
     import torch
@@ -33,6 +35,7 @@ def _call(fn, args, kwargs, environ):
     # (where results are cached, the run mode, the data's location)
     os.environ.clear()
     os.environ.update(environ)
+    os.environ[PROGRESS_ENV] = "off"  # bars from parallel workers would garble the cell
     fn(*args, **kwargs)
 
 

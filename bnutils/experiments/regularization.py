@@ -112,7 +112,7 @@ def _tensors(n_train):
 
 
 def run_nets(steps, norm, nets, seeds, n_train=5000, hidden=(100, 100, 100), lr=0.1,
-             batch_size=60, evals=10, n_val=None, n_test=None, progress=True):
+             batch_size=60, evals=10, n_val=None, n_test=None):
     """Train one ReLU MLP per (variant, seed), side by side, on ``n_train`` images; no
     caching. ``nets``: a list of ``(dropout, virtual_batch)`` variants; ``lr``: one
     rate or one per variant. Plain SGD, no weight decay, PyTorch's default init; net
@@ -137,7 +137,7 @@ def run_nets(steps, norm, nets, seeds, n_train=5000, hidden=(100, 100, 100), lr=
 
     logs = train_stacked(model, x, y, steps, rates, batch_size=batch_size, data_seeds=0,
                          log_every=max(1, steps // evals), callback=callback,
-                         progress=progress, desc=f"{'BN' if norm else 'no BN'} MLP")
+                         desc=f"{'BN' if norm else 'no BN'} MLP")
     return {
         "step": logs["step"], "train_curve": logs["train_curve"],
         "val_curve": logs["val_curve"],
@@ -153,7 +153,7 @@ STACKS = ("none", "bn", "ghost")
 
 
 def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, nets=STACKS,
-                   progress=True, **options):
+                   **options):
     """{no BN, BN} x {no dropout, dropout}, and BN with each ghost batch size of
     ``virtual_batches`` (no dropout), every one with every seed (cached).
 
@@ -183,8 +183,7 @@ def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, nets=STACK
                   "seeds": list(seeds), "lr": rates, **options}
         r = train_or_load(
             f"regularization-{net}", config,
-            lambda **c: run_nets(**{**c, "nets": [tuple(v) for v in c["nets"]]},
-                                 progress=progress),
+            lambda **c: run_nets(**{**c, "nets": [tuple(v) for v in c["nets"]]}),
             verbose=False)
         for i, (_, name) in enumerate(variants[net]):
             out[name] = {k: r[k][..., i, :] if r[k].ndim == 3 else r[k][i]
@@ -194,14 +193,14 @@ def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, nets=STACK
     return out
 
 
-def tune(steps, norm, rates, dropouts=(0.0,), seed=0, progress=True, **options):
+def tune(steps, norm, rates, dropouts=(0.0,), seed=0, **options):
     """Final validation accuracy of the net at every learning rate of ``rates`` and
     dropout rate of ``dropouts`` (one stack, one seed; cached): ``{"lr": (R,),
     "dropout": (D,), "val_acc": (D, R)}``."""
     def run(**c):
         grid = [(d, r) for d in c["dropouts"] for r in c["rates"]]
         out = run_nets(c["steps"], c["norm"], [(d, None) for d, _ in grid], [c["seed"]],
-                       lr=[r for _, r in grid], progress=progress,
+                       lr=[r for _, r in grid],
                        **{k: c[k] for k in c
                           if k not in ("steps", "norm", "rates", "dropouts", "seed")})
         return {"lr": np.array(c["rates"]), "dropout": np.array(c["dropouts"]),
