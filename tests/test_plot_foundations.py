@@ -39,7 +39,7 @@ def test_the_raw_panel_shows_the_loss_its_path_descends():
     # flattest directions, where the projected path is gradient descent on the drawn loss
     x, t = _regression()
     path, lr, lam = _descent(x, t, 50)
-    to_plane, loss_at, star, labels = plot._gd_plane(x, t, path)
+    to_plane, loss_at, star, labels = plot.foundations._gd_plane(x, t, path)
     assert "steepest" in labels[0] and "flattest" in labels[1]
     c = to_plane(path) - star
     factors = 1 - lr * np.array([lam[-1], lam[0]])
@@ -53,18 +53,18 @@ def test_centred_panels_use_the_weights_and_the_bias_decouples():
     x, t = _regression()
     xc = x - x.mean(0)
     path, _, _ = _descent(xc, t, 5)
-    to_plane, _, star, labels = plot._gd_plane(xc, t, path)
+    to_plane, _, star, labels = plot.foundations._gd_plane(xc, t, path)
     assert labels == ("$w_1$", "$w_2$")
     np.testing.assert_allclose(to_plane(path), path[:, :2])
     np.testing.assert_allclose(star, np.linalg.lstsq(xc, t - t.mean(), rcond=None)[0])
 
 
 def test_a_long_path_is_drawn_at_few_steps_on_both_sides_of_its_zigzag():
-    steps = plot._path_steps(10_519)
+    steps = plot.foundations._path_steps(10_519)
     assert len(steps) < 100 and steps[0] == 0 and steps[-1] == 10_519
     late = steps[steps >= 12]
     assert np.isin(late[late < 10_519] + 1, steps).mean() > 0.4  # pairs (k, k + 1)
-    assert list(plot._path_steps(5)) == [0, 1, 2, 3, 4, 5]
+    assert list(plot.foundations._path_steps(5)) == [0, 1, 2, 3, 4, 5]
 
 
 def test_gd_contours_draws_a_subsampled_path():
