@@ -424,7 +424,10 @@ class StackedCNN(nn.Module):
     Its channels are the ``i``-th block of every layer's ``k * width`` channels: a
     convolution with ``groups=k`` keeps the blocks apart, ``F.batch_norm`` over
     ``k * width`` channels computes each channel's statistics over its own net's batch,
-    and the last layer is a batched product. ``norm``: ``None`` or ``"bn"``.
+    and the last layer is a batched product. ``norm``: ``None``, ``"bn"`` or ``"gn"``
+    (Group Norm with ``groups`` groups per layer: net ``i``'s channels are a contiguous
+    block, so ``F.group_norm`` with ``k * groups`` groups normalizes each net's groups
+    alone; ``groups=1`` is Layer Norm over channels and positions).
 
     Dropout draws each net's mask from a generator that continues the global
     generator's state after that net's init, so on the CPU net ``i`` sees the masks
@@ -438,11 +441,16 @@ class StackedCNN(nn.Module):
     """
 
     def __init__(self, k, norm=None, activation="relu", dropout=0.0, widths=(8, 16, 32),
-                 in_channels=1, num_classes=10, seeds=None, eps=1e-5, momentum=0.1):
+                 in_channels=1, num_classes=10, seeds=None, eps=1e-5, momentum=0.1,
+                 groups=4):
         super().__init__()
         self.k = _check_k(k)
-        if norm not in (None, "bn"):
-            raise ValueError(f"norm must be None or 'bn', got {norm!r}")
+        if norm not in (None, "bn", "gn"):
+            raise ValueError(f"norm must be None, 'bn' or 'gn', got {norm!r}")
+        if norm == "gn" and any(w % groups for w in widths):
+            raise ValueError(f"every width must be a multiple of groups={groups}, "
+                             f"got widths {tuple(widths)}")
+        self.groups = int(groups)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
                              f"got {activation!r}")
@@ -462,21 +470,23 @@ class StackedCNN(nn.Module):
             self._dropout_generators.append(g)
         self.conv_weights = _stack(nets, nn.Conv2d, "weight")
         self.conv_biases = _stack(nets, nn.Conv2d, "bias")
-        self.gamma = _stack(nets, nn.BatchNorm2d, "weight")
-        self.beta = _stack(nets, nn.BatchNorm2d, "bias")
+        layer = nn.GroupNorm if norm == "gn" else nn.BatchNorm2d
+        self.gamma = _stack(nets, layer, "weight")
+        self.beta = _stack(nets, layer, "bias")
         self.weights = _stack(nets, nn.Linear, "weight")
         self.biases = _stack(nets, nn.Linear, "bias")
-        for j, w in enumerate(self.widths if norm else ()):
+        for j, w in enumerate(self.widths if norm == "bn" else ()):
             self.register_buffer(f"running_mean_{j}", torch.zeros(self.k, w))
             self.register_buffer(f"running_var_{j}", torch.ones(self.k, w))
-        if norm:
+        if norm == "bn":
             self.register_buffer("num_batches_tracked", torch.zeros(self.k, dtype=torch.long))
 
     def _make_net(self, i):
         """Net ``i`` as ``small_cnn`` builds it after ``torch.manual_seed(seeds[i])``;
         call it inside ``fork_rng``: it reseeds the global generator."""
-        norm = (partial(nn.BatchNorm2d, eps=self.eps, momentum=self.momentum)
-                if self.norm else None)
+        norm = {None: None,
+                "bn": partial(nn.BatchNorm2d, eps=self.eps, momentum=self.momentum),
+                "gn": lambda c: nn.GroupNorm(self.groups, c, eps=self.eps)}[self.norm]
         torch.manual_seed(self.seeds[i])
         return small_cnn(norm, self.activation, self.dropout, self.widths, self.in_channels,
                          self.num_classes)
@@ -487,12 +497,12 @@ class StackedCNN(nn.Module):
         ``x``: ``(B, in_channels, H, W)``, the same images for all nets, or
         ``(k, B, in_channels, H, W)``, one batch per net. With ``return_hidden=True``
         also returns a list with the input of each convolutional layer's activation,
-        ``(k, B, width_j, H_j, W_j)`` (after BN when ``norm``).
+        ``(k, B, width_j, H_j, W_j)`` (after the norm when ``norm``).
         """
         shared = _check_input(x, self.k, (self.in_channels, "H", "W"))
         if not shared:  # net i's channels become block i of k * in_channels channels
             x = x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
-        if self.training and self.norm:
+        if self.training and self.norm == "bn":
             self.num_batches_tracked += 1
         act = _ACTIVATION_FNS[self.activation]
         hidden, biases, h = [], iter(self.conv_biases), x
@@ -504,7 +514,10 @@ class StackedCNN(nn.Module):
                          padding=1, groups=groups)
             if j == 0:  # channels last (later layers follow): pooling and BN over k * width
                 h = h.contiguous(memory_format=torch.channels_last)  # channels vectorise
-            if self.norm:
+            if self.norm == "gn":
+                h = F.group_norm(h, self.k * self.groups, self.gamma[j].reshape(-1),
+                                 self.beta[j].reshape(-1), self.eps)
+            elif self.norm:
                 running_mean, running_var = _running(self, j)
                 h = F.batch_norm(h, running_mean.view(-1), running_var.view(-1),
                                  self.gamma[j].reshape(-1), self.beta[j].reshape(-1),
@@ -539,13 +552,18 @@ class StackedCNN(nn.Module):
             conv.weight.copy_(weight[i])
             if conv.bias is not None:
                 conv.bias.copy_(next(biases)[i])
+        if self.norm == "gn":
+            for j, gn in enumerate(m for m in net if isinstance(m, nn.GroupNorm)):
+                gn.weight.copy_(self.gamma[j][i])
+                gn.bias.copy_(self.beta[j][i])
         _copy_norms(self, [m for m in net if isinstance(m, nn.BatchNorm2d)], i)
         net[-1].weight.copy_(self.weights[0][i])
         net[-1].bias.copy_(self.biases[0][i])
         return net.train(self.training)
 
     def extra_repr(self):
-        return (f"k={self.k}, widths={self.widths}, norm={self.norm!r}, "
+        groups = f", groups={self.groups}" if self.norm == "gn" else ""
+        return (f"k={self.k}, widths={self.widths}, norm={self.norm!r}{groups}, "
                 f"activation={self.activation!r}, dropout={self.dropout}")
 
 

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from . import data, store
-from .config import train_mode
+from .config import progress_mode, train_mode
 
 
 def results_root():
@@ -61,8 +61,13 @@ def results_root():
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "bnutils" / "results"
 
 
-def train_or_load(name, config, fn, root=None, verbose=True):
+def train_or_load(name, config, fn, root=None, verbose=None):
     """Return ``fn(**config)``: from the store, from the cache, or computed (and cached).
+
+    ``verbose``: say where a result came from ("loaded cached result ...") and why one
+    is computed again. By default the first only where a person watches
+    (``progress_mode() == "live"``), never in the book's build or the tests, whose
+    pages must not show the machine's paths; ``False`` says neither.
 
     ``fn`` must return a dict whose values are NumPy arrays (stored in ``.npz``),
     JSON values (numbers, strings, lists) or dicts of those, nested, with string keys.
@@ -71,9 +76,10 @@ def train_or_load(name, config, fn, root=None, verbose=True):
     """
     folder = Path(root) if root is not None else results_root()
     key, stored_config, code = _key(name, config, fn)
+    shown = verbose if verbose is not None else progress_mode() == "live"
     if store.replaying():  # a stored run being recomputed: nothing to look up or keep
         return fn(**config)
-    served = store.serve(key, name, config, fn, verbose)
+    served = store.serve(key, name, config, fn, shown)
     if served is not None:
         return served
     mode = train_mode()
@@ -81,14 +87,14 @@ def train_or_load(name, config, fn, root=None, verbose=True):
         raise store.missing(name, key)
     if mode == "store":
         description = {"name": name, "config": stored_config, "code": code}
-        return store.compute(key, name, config, fn, description, verbose)
+        return store.compute(key, name, config, fn, description, shown)
     npz, meta = folder / f"{key}.npz", folder / f"{key}.json"
     result, why = _load(npz, meta)
     if result is not None:
-        if verbose:
+        if shown:
             print(f"loaded cached result {key} from {folder}")
         return result
-    if why and verbose:
+    if why and verbose is not False:
         print(f"computing {key} again: {why}")
     _check_writable(folder)
     result = fn(**config)

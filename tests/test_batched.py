@@ -575,10 +575,16 @@ def images():
     return data.mnist_tensors("train", subset=True, flatten=False)
 
 
+def one_norm(norm, groups=4):
+    """The ``small_cnn`` norm argument of a ``StackedCNN`` norm."""
+    return (lambda c: nn.GroupNorm(groups, c)) if norm == "gn" else norm
+
+
 def cnn_alone(images, norm, activation, dropout, seed, lr, steps, half_life, dtype):
     """``small_cnn`` trained as ``figure3.run_config`` trains it."""
     set_seed(seed)
-    net = models.small_cnn(norm=norm, activation=activation, dropout=dropout).to(dtype)
+    net = models.small_cnn(norm=one_norm(norm), activation=activation,
+                           dropout=dropout).to(dtype)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 ** (t / half_life))
     _, losses = train.train(net, opt, *images, steps, batch_size=64, seed=seed,
@@ -588,7 +594,7 @@ def cnn_alone(images, norm, activation, dropout, seed, lr, steps, half_life, dty
 
 @pytest.mark.parametrize("norm, activation, dropout",
                          [(None, "relu", 0.2), ("bn", "relu", 0.2), ("bn", "sigmoid", 0.0),
-                          (None, "sigmoid", 0.0)])
+                          (None, "sigmoid", 0.0), ("gn", "relu", 0.2)])
 def test_cnn_training_matches_small_cnn_one_by_one(images, norm, activation, dropout):
     """float64 (ReLU and max-pooling have kinks, see the module's docstring); the
     dropout masks are the ones small_cnn draws after set_seed."""
@@ -621,7 +627,7 @@ def test_cnn_float32_agrees_with_shared_data(images):
         assert_same_net(model.net(i), net)
 
 
-@pytest.mark.parametrize("norm", [None, "bn"])
+@pytest.mark.parametrize("norm", [None, "bn", "gn"])
 def test_cnn_initial_weights_are_those_of_small_cnn(norm):
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -630,12 +636,12 @@ def test_cnn_initial_weights_are_those_of_small_cnn(norm):
     assert torch.equal(torch.rand(3), expected)  # the global generator is left alone
     for i, seed in enumerate([5, 6]):
         torch.manual_seed(seed)
-        net = models.small_cnn(norm=norm, widths=(4, 8))
+        net = models.small_cnn(norm=one_norm(norm), widths=(4, 8))
         for key, value in net.state_dict().items():
             assert torch.equal(model.net(i).state_dict()[key], value), key
 
 
-@pytest.mark.parametrize("norm", [None, "bn"])
+@pytest.mark.parametrize("norm", [None, "bn", "gn"])
 @pytest.mark.parametrize("per_net_input", [False, True], ids=["shared-x", "per-net-x"])
 def test_cnn_net_i_computes_what_the_stack_computes(images, norm, per_net_input):
     x, y = images[0].double(), images[1]  # float64: equal up to 1e-16 rounding
@@ -661,8 +667,10 @@ def test_cnn_net_i_computes_what_the_stack_computes(images, norm, per_net_input)
 
 
 def test_cnn_bad_input_gives_clear_errors():
-    with pytest.raises(ValueError, match="norm must be None or 'bn'"):
+    with pytest.raises(ValueError, match="norm must be None, 'bn' or 'gn'"):
         StackedCNN(2, norm="ln")
+    with pytest.raises(ValueError, match=r"multiple of groups=3, got widths \(8, 16, 32\)"):
+        StackedCNN(2, norm="gn", groups=3)
     with pytest.raises(ValueError, match="dropout must be in"):
         StackedCNN(2, dropout=1.0)
     with pytest.raises(ValueError, match="activation"):

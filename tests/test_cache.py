@@ -60,7 +60,8 @@ def _files(folder):
 # --- storing and loading -------------------------------------------------------------
 
 
-def test_second_call_loads_identical_result(tmp_path, capsys):
+def test_second_call_loads_identical_result(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BNBOOK_PROGRESS", "live")  # a person watches: say where it came from
     first = cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, _experiment, root=tmp_path)
     assert capsys.readouterr().out == ""  # computed for the first time: nothing to explain
     second = cache.train_or_load("exp", {"steps": 5, "lr": 0.1}, _experiment, root=tmp_path)
@@ -73,6 +74,15 @@ def test_second_call_loads_identical_result(tmp_path, capsys):
     assert "loaded cached result exp-" in capsys.readouterr().out
     names = _files(tmp_path)
     assert len(names) == 2 and {Path(n).suffix for n in names} == {".npz", ".json"}
+
+
+@pytest.mark.parametrize("mode", ["summary", "off"])
+def test_quiet_by_default_where_nobody_watches(tmp_path, capsys, monkeypatch, mode):
+    """A built page showed "loaded cached result ... from /work/..." (chapter 2)."""
+    monkeypatch.setenv("BNBOOK_PROGRESS", mode)
+    for _ in range(2):
+        cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
+    assert capsys.readouterr().out == "" and len(CALLS) == 1
 
 
 def test_quiet_when_not_verbose(tmp_path, capsys):

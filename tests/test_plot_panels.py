@@ -26,6 +26,27 @@ def test_seeds_become_mean_line_and_sd_band():
     assert np.isclose(ys.min(), (runs.mean(1) - sd).min())
 
 
+def test_log_panels_draw_geometric_bands_that_stay_positive():
+    """Figs. 8.3/8.4: a band of mean ± sd on a log axis dropped below zero, to the edge."""
+    x = np.arange(3)
+    runs = np.array([[1e-3, 1e-1, 1e-2], [1.0, 10.0, 0.1], [2.0, 2.0, 2.0]])
+    assert np.any(runs.mean(1) - runs.std(1, ddof=1) < 0)  # the old band
+    fig = plot.panels(x, [{"BN": (runs, "C0")}], ["t"], logy=(0,))
+    ax = fig.axes[0]
+    (line,) = ax.get_lines()
+    logs = np.log(runs)
+    np.testing.assert_allclose(line.get_ydata(), np.exp(logs.mean(1)))
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() > 0
+    assert np.isclose(ys.min(), np.exp(logs.mean(1) - logs.std(1, ddof=1)).min())
+    # a step where a seed is not positive (an ICS of 0 at the start) has no point
+    runs[0, 0] = 0.0
+    fig = plot.panels(x, [{"BN": (runs, "C0")}], ["t"], logy=(0,))
+    y = fig.axes[0].get_lines()[0].get_ydata()
+    assert np.isnan(y[0]) and np.all(np.isfinite(y[1:]))
+
+
 def test_drift_map_cells_show_short_numbers():
     """A ratio of tens of thousands must not spill over its neighbours' cells."""
     ratio = np.array([[56369.0, 0.41, np.nan], [88.0, 7.4, 1222.0]])  # (scales, rates)

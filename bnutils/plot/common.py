@@ -72,7 +72,9 @@ def panels(x, series, titles, xlabel="step", ylabels=None, logy=(), logx=False, 
 
     ``x``: the x values shared by all panels, or a list with one per panel. ``y``: one
     value per x, or ``(len(x), n_seeds)`` values, drawn as the mean over the seeds with a
-    band of ± one standard deviation. A label in parentheses, ``"(BN)"``, is drawn
+    band of ± one standard deviation; on a log axis, the geometric mean with a band of
+    ×/÷ one geometric standard deviation (mean ± sd of the logarithms), since a band of
+    ± sd reaches below zero there. A label in parentheses, ``"(BN)"``, is drawn
     dashed. ``logy``: indices of the panels with a log y axis; ``logx``: a base-2 x axis
     with markers. Returns the figure.
     """
@@ -83,9 +85,8 @@ def panels(x, series, titles, xlabel="step", ylabels=None, logy=(), logx=False, 
             style = "--" if label.startswith("(") else "-"
             y = np.asarray(y, dtype=float)
             if y.ndim == 2:  # seeds: mean and a band of one standard deviation
-                sd = y.std(1, ddof=1) if y.shape[1] > 1 else np.zeros(len(y))
-                y = y.mean(1)
-                ax.fill_between(xs, y - sd, y + sd, color=color, alpha=0.2, lw=0)
+                y, low, high = _mean_band(y, log=k in logy)
+                ax.fill_between(xs, low, high, color=color, alpha=0.2, lw=0)
             ax.plot(xs, y, style, color=color, label=label.strip("()"), marker="o" if logx else None,
                     ms=3)
         ax.set_title(titles[k], fontsize=10)
@@ -99,6 +100,19 @@ def panels(x, series, titles, xlabel="step", ylabels=None, logy=(), logx=False, 
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _mean_band(y, log=False):
+    """``(centre, low, high)`` over the seeds (axis 1) of ``y``: mean ± sd, or on a log
+    axis the same for ``log(y)``, mapped back; an x where a seed is not positive has
+    no point there (NaN), as a log axis cannot show it."""
+    if log:
+        positive = np.all(y > 0, axis=1, keepdims=True)
+        logs = np.log(np.where(positive, y, 1.0))
+        return tuple(np.where(positive[:, 0], np.exp(v), np.nan) for v in _mean_band(logs))
+    sd = y.std(1, ddof=1) if y.shape[1] > 1 else np.zeros(len(y))
+    centre = y.mean(1)
+    return centre, centre - sd, centre + sd
 
 
 def smooth(values, window):
