@@ -3,8 +3,9 @@
 Chapter 5 once cited "10 of the 12 comparisons above" under a table that never
 rendered: the call that built it was not the last line of its cell, so Jupyter showed
 nothing. These checks read the notebooks as files (every build and CI run), and the
-executed notebooks where a build left them (``_build/**/jupyter_execute`` or the folder
-in ``BNBOOK_EXECUTED``):
+executed notebooks where the full build left them (``make book``:
+``_build/jupyter_execute``, or the folder in ``BNBOOK_EXECUTED``); a quick build's pages
+(``make test``, ``_build/quick``) show quick mode's expected warnings, so they are not read:
 
 1. a code cell that builds a table (``markdown_table(...)``) shows it: the call is the
    cell's last expression, not a statement whose value is dropped;
@@ -92,7 +93,7 @@ def test_every_numref_names_a_figure(path):
 
 def _executed():
     roots = [Path(os.environ["BNBOOK_EXECUTED"])] if os.environ.get("BNBOOK_EXECUTED") \
-        else list(ROOT.glob("_build/**/jupyter_execute/notebooks"))
+        else [ROOT / "_build" / "jupyter_execute" / "notebooks"]
     return sorted(p for r in roots for p in r.glob("*.ipynb"))
 
 
