@@ -685,7 +685,7 @@ def _add_note(cells, ctx):
 
 def _point_setup_cell(cells, ctx):
     """The setup cell's lines that point the source to its learner notebook (from
-    ``# Learner notebook`` to the Colab address) point the learner notebook to its web
+    ``# Learner notebook`` to the end of the Colab address) point the learner notebook to its web
     page instead."""
     setup = next((c for c in cells if c["cell_type"] == "code"), None)
     if setup is None:
@@ -694,8 +694,9 @@ def _point_setup_cell(cells, ctx):
     start = next((i for i, line in enumerate(lines) if line.startswith(SETUP_POINTER)), None)
     if start is None:
         return
-    end = next((i for i in range(start, min(start + 3, len(lines)))
-                if "colab.research.google.com" in lines[i]), start)
+    # the Colab address, on one line or continued on the next (the column is 88 wide)
+    end = next((i for i in range(start, min(start + 4, len(lines)))
+                if lines[i].rstrip().endswith(".ipynb")), start)
     web = [f"# This chapter on the web: {ctx.page}"] if ctx.page else []
     setup["source"] = "\n".join(lines[:start] + web + lines[end + 1:])
 
