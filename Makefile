@@ -19,32 +19,39 @@ SUMMARY := BNBOOK_PROGRESS=summary
 
 .PHONY: book test lab bench mutate install clean results replay
 
-# The full book from the results store (results/): a run the store lacks stops the
-# build with the `make results` command that computes it; nothing trains.
+# The full book from the results store (results/): nothing trains. A run the store lacks
+# stops the build, naming the run and the `make results` command that computes it.
 book: $(STAMP) _build/.book-inputs
 	rm -rf _build/html
-	BNBOOK_QUICK=0 $(SUMMARY) $(JB) build . --all
+	$(FORBID) BNBOOK_QUICK=0 $(SUMMARY) $(JB) build . --all
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
-# Quick mode everywhere: lint, unit tests and every notebook under nbval, a strict
-# build of the book, then in headless Chromium every built page and JupyterLab opening
-# every learner notebook and running two (tests/browser).
+# Every check: lint; the unit tests and every notebook under nbval in quick mode (which
+# trains, briefly); the full book built strictly from the store with training forbidden,
+# every stored run's first steps replayed and one whole run per chapter (drawn by the
+# commit), then the store's bookkeeping checked (tests/test_store_build.py) and, in
+# headless Chromium, every page of that build and JupyterLab opening every learner
+# notebook and running two (tests/browser).
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check notebooks
 	BNBOOK_QUICK=1 OMP_NUM_THREADS=1 $(SUMMARY) $(PY) -m pytest -n 2 --dist loadfile \
-		tests notebooks --nbval-lax --nbval-current-env --ignore=tests/browser
-	rm -rf _build/quick
-	BNBOOK_QUICK=1 $(SUMMARY) $(JB) build . -W -n --keep-going --all --path-output _build/quick
-	BNBOOK_HTML=_build/quick/_build/html $(PY) -m pytest tests/browser
+		tests notebooks --nbval-lax --nbval-current-env --ignore=tests/browser \
+		--ignore=tests/test_store_build.py --ignore=tests/test_outputs.py
+	rm -rf _build/html _build/jupyter_execute _build/.jupyter_cache _build/store
+	mkdir -p _build/store/logs
+	$(REPLAY) $(FORBID) BNBOOK_QUICK=0 $(SUMMARY) $(JB) build . -W -n --keep-going --all
+	touch _build/.book-inputs
+	$(REPLAY) BNBOOK_STORE_LOGS=$(CURDIR)/_build/store/logs $(PY) -m pytest \
+		tests/test_store_build.py tests/test_outputs.py
+	BNBOOK_HTML=_build/html $(PY) -m pytest tests/browser
 
 # The results store (results/, bnutils/store.py). `make results` executes the chapter
 # notebooks in full mode and computes, one worker per core, the runs the store lacks or
 # that no longer match the code; `make results CHAPTER=06` does one chapter. Its plan,
-# live progress and re-keying: bnutils/results.py. Until the store holds every chapter's
-# runs (issue 26), `make book` and `make test` still train what the store lacks; once it
-# does, they read it with training forbidden (FORBID) and CI replays it with pinned
-# numerics (REPLAY; bnutils.store.NUMERICS, kept equal by a test).
+# live progress and re-keying: bnutils/results.py. `make book` and `make test` read the
+# store with training forbidden (FORBID); CI replays it with pinned numerics (REPLAY;
+# bnutils.store.NUMERICS, kept equal by a test).
 CHAPTER  ?=
 NUMERICS := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 FORBID   := BNBOOK_TRAIN=forbid

@@ -633,3 +633,67 @@ def _listed(env):
 
 __all__ = ["MissingResult", "ReplayMismatch", "StoreError", "TOLERANCE", "REPLAY_STEPS",
            "compare", "prefix_steps", "provenance", "replay", "root", "serve"]
+
+
+# --- what a page says about its runs --------------------------------------------------
+
+
+def cost(notebook=None, folder=None):
+    """Where the stored runs of ``notebook`` (None: of every notebook) came from.
+
+    Returns ``{"runs", "seconds", "core_seconds", "commits", "first", "last",
+    "machines", "devices", "rekeyed"}``: ``seconds`` is the wall-clock time of the runs
+    added up, ``core_seconds`` that time times each run's threads; ``first`` and
+    ``last`` are the dates (YYYY-MM-DD) of the oldest and newest; ``rekeyed`` counts the
+    runs carried over to newer code by a replay. None without a store or its runs.
+    """
+    folder = Path(folder) if folder else root()
+    if folder is None:
+        return None
+    listed = read_manifest(folder)["notebooks"]
+    keys = {k for nb, ks in listed.items() if notebook in (None, nb) for k in ks}
+    entries = read_entries(folder)
+    provs = [entries[k]["provenance"] for k in sorted(keys) if k in entries]
+    if not provs:
+        return None
+    dates = sorted(p["date"][:10] for p in provs if p.get("date"))
+    return {
+        "runs": len(provs),
+        "seconds": sum(p.get("seconds") or 0.0 for p in provs),
+        "core_seconds": sum((p.get("seconds") or 0.0) * (p.get("threads") or 1)
+                            for p in provs),
+        "commits": sorted({p["commit"][:7] for p in provs if p.get("commit")}),
+        "first": dates[0] if dates else None, "last": dates[-1] if dates else None,
+        "machines": sorted({p["machine"] for p in provs if p.get("machine")}),
+        "devices": sorted({p["device"] for p in provs if p.get("device")}),
+        "rekeyed": sum(bool(p.get("rekeyed")) for p in provs),
+    }
+
+
+def cost_text(notebook=None, folder=None):
+    """``cost`` in words for a page, e.g. "24 stored runs, computed by make results on
+    2026-12-06 at commit 42b8f7e, on AMD EPYC 7B13 (one CPU thread per run): 41
+    core-minutes in all"."""
+    c = cost(notebook, folder)
+    if c is None:
+        return "trained during this build (no results store holds them)"
+    when = f"on {c['first']}" if c["first"] == c["last"] else \
+        f"between {c['first']} and {c['last']}"
+    s = "s" if len(c["commits"]) > 1 else ""
+    kind = " and ".join("a GPU" if d == "cuda" else "one CPU thread per run"
+                        if c["core_seconds"] == c["seconds"] else "CPU threads"
+                        for d in c["devices"])
+    text = (f"{c['runs']} stored runs, computed by make results {when} at "
+            f"commit{s} {', '.join(c['commits']) or '(unknown)'}, on "
+            f"{' and '.join(c['machines'])} ({kind}): {_duration(c['core_seconds'])} "
+            f"in all")
+    if c["rekeyed"]:
+        text += (f" ({c['rekeyed']} of them carried over to later code after a replay "
+                 f"matched)")
+    return text
+
+
+def _duration(seconds):
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} core-hours"
+    return f"{max(1, round(seconds / 60))} core-minutes"

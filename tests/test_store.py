@@ -594,3 +594,39 @@ def test_the_books_training_loops_stop_where_a_replay_says():
                                 batch_size=10, progress=False)
     assert np.isfinite(logs["losses"]).all(axis=1).sum() == 7 and list(logs["step"]) == [5]
     assert len(losses) == 7
+
+
+# --- what a page says about its runs --------------------------------------------------
+
+
+def _entry(folder, key, notebook, **prov):
+    base = {"commit": "a" * 40, "date": "2026-12-06T10:00:00+00:00", "seconds": 60.0,
+            "threads": 1, "machine": "Some CPU", "device": "cpu"}
+    doc = {"name": key.rsplit("-", 1)[0], "config": {},
+           "provenance": {**base, "notebook": notebook, **prov}}
+    (folder / f"{key}.json").write_text(json.dumps(doc))
+
+
+def test_a_chapter_reports_the_cost_and_origin_of_its_stored_runs(tmp_path):
+    _entry(tmp_path, "run-1", "06_cnn", seconds=120.0)
+    _entry(tmp_path, "run-2", "06_cnn", seconds=60.0, threads=2,
+           date="2026-12-07T01:00:00+00:00", commit="b" * 40,
+           rekeyed=[{"from": "run-0"}])
+    _entry(tmp_path, "run-3", "07_what_bn_buys", seconds=3600.0)
+    _entry(tmp_path, "unread-1", "06_cnn", seconds=9999.0)  # no notebook reads it
+    store.write_manifest(tmp_path, {"notebooks": {"06_cnn": ["run-1", "run-2"],
+                                                  "07_what_bn_buys": ["run-3"]}})
+    c = store.cost("06_cnn", tmp_path)
+    assert c["runs"] == 2 and c["seconds"] == 180.0 and c["core_seconds"] == 240.0
+    assert c["commits"] == ["aaaaaaa", "bbbbbbb"] and c["rekeyed"] == 1
+    assert (c["first"], c["last"]) == ("2026-12-06", "2026-12-07")
+    assert store.cost(None, tmp_path)["runs"] == 3
+    text = store.cost_text("06_cnn", tmp_path)
+    assert text.startswith("2 stored runs, computed by make results between "
+                           "2026-12-06 and 2026-12-07 at commits aaaaaaa, bbbbbbb")
+    assert "Some CPU" in text and "4 core-minutes in all" in text
+    assert "1 of them carried over" in text
+    assert "on 2026-12-06 at commit aaaaaaa," in store.cost_text("07_what_bn_buys", tmp_path)
+    assert "60 core-minutes" in store.cost_text("07_what_bn_buys", tmp_path)
+    assert store.cost("08_why_bn_works", tmp_path) is None
+    assert "trained during this build" in store.cost_text("08_why_bn_works", tmp_path)
