@@ -34,6 +34,18 @@ def test_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_valid_nbformat_with_an_id_per_cell(path):
+    """nbformat 4.5 gives every cell an id (a missing one is a warning today, an error in
+    future nbformat): a cell added by a script without one is caught here."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    nbformat.validate(nb)
+    ids = [cell.get("id") for cell in nb.cells]
+    assert None not in ids and len(set(ids)) == len(ids), path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_listed_in_table_of_contents(path):
     toc = (ROOT / "_toc.yml").read_text()
     assert f"notebooks/{path.stem}" in toc
