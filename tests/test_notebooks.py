@@ -39,9 +39,8 @@ def test_valid_nbformat_with_an_id_per_cell(path):
     future nbformat): a cell added by a script without one is caught here."""
     import nbformat
 
-    nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-    nbformat.validate(nb)
-    ids = [cell.get("id") for cell in nb.cells]
+    nbformat.validate(nbformat.read(path, as_version=nbformat.NO_CONVERT))
+    ids = [cell.get("id") for cell in _cells(path)]  # as stored: read() fills them in
     assert None not in ids and len(set(ids)) == len(ids), path.name
 
 
