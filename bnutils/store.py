@@ -632,7 +632,8 @@ def _listed(env):
 
 
 __all__ = ["MissingResult", "ReplayMismatch", "StoreError", "TOLERANCE", "REPLAY_STEPS",
-           "compare", "prefix_steps", "provenance", "replay", "root", "serve"]
+           "compare", "cost", "cost_text", "prefix_steps", "provenance", "replay", "root",
+           "serve"]
 
 
 # --- what a page says about its runs --------------------------------------------------
