@@ -75,3 +75,17 @@ def test_make_and_ci_pin_the_numerics_that_replays_need():
     pinned = re.search(r"^NUMERICS\s*:=\s*(.*)$", makefile, re.M).group(1).split()
     assert dict(p.split("=", 1) for p in pinned) == store.NUMERICS
     assert json.loads(json.dumps(store.TOLERANCE)) == store.TOLERANCE
+
+
+def _recipe(makefile, target):
+    return re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+
+
+def test_the_book_and_the_tests_build_from_the_store_with_training_forbidden():
+    makefile = (ROOT / "Makefile").read_text()
+    builds = [line for target in ("book", "test") for line in
+              _recipe(makefile, target).splitlines() if "$(JB) build" in line]
+    assert len(builds) == 2 and all("$(FORBID)" in b and "BNBOOK_QUICK=0" in b for b in builds)
+    assert "$(REPLAY)" in builds[1], "make test replays what its build reads"
+    assert re.search(r"^FORBID\s*:=\s*BNBOOK_TRAIN=forbid$", makefile, re.M)
+    assert "tests/test_store_build.py" in _recipe(makefile, "test")
