@@ -27,6 +27,12 @@ it is. The bundled subset never enters the store; and a process that has loaded 
 subset keeps saying so (``bnutils.data.remember``), so what it trains itself is cached
 as computed on the subset, never as on the full data.
 
+**Fetching.** A pip install (Colab) has no ``results/``: ``fetch`` downloads an entry
+that a notebook asks for from the published store (``URL``, the repository's main
+branch), checks its arrays against the checksum in its metadata, and keeps it in
+``FETCHED``; a run the published store lacks (another setting), or that cannot be
+reached, trains there instead.
+
 **Replay.** ``replay`` recomputes a stored run under the current code and compares it
 with the entry. A prefix replay runs the same call with the same configuration, and
 stops every training loop after ``n`` steps (``bnutils.config.step_limit``: loops go
@@ -82,6 +88,13 @@ REPLAY_LOG_ENV = "BNBOOK_REPLAY_LOG"  # a file: one line per replay
 JOB_LOG_ENV = "BNBOOK_JOB_LOG"  # a file: runs started and finished (make results)
 NO_REKEY_ENV = "BNBOOK_NO_REKEY"  # comma-separated names to compute, never re-key
 MANIFEST = "manifest.json"
+# A pip install (Colab) has no results/: it fetches the entries it reads from the
+# published store, verifies them, and keeps them in FETCHED (see ``fetch``).
+# BNBOOK_STORE_URL="" turns fetching off. A test keeps the address equal to the
+# repository of _config.yml.
+URL_ENV = "BNBOOK_STORE_URL"
+URL = "https://raw.githubusercontent.com/batchnorm-book/batchnorm-book/main/results/"
+FETCHED = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "bnutils" / "store"
 
 # The one place that says how close a replay must come. Replays run with the entry's
 # numerics (NUMERICS, the device, the number of threads), meant to give the same bits
@@ -143,7 +156,7 @@ def serve(key, name, config, fn, verbose=False):
     """
     from . import cache
 
-    folder = root()
+    folder = root() or fetch(key)
     if folder is None:
         return None
     npz, meta = _files(key, folder)
@@ -173,6 +186,53 @@ def serve(key, name, config, fn, verbose=False):
               f"{_provenance(meta).get('date', '?')[:10]}); change a setting to train "
               f"your own")
     return result
+
+
+def fetch(key):
+    """Where there is no store here (a pip install, Colab): download entry ``key`` of the
+    published store (``URL``) into ``FETCHED``, verified, and return that folder; None
+    when the published store has no such entry, fetching is off (``BNBOOK_STORE_URL``
+    empty) or the address cannot be reached, so that the run trains here instead."""
+    import urllib.error
+    import warnings
+
+    url = os.environ.get(URL_ENV, URL)
+    npz, meta = _files(key, FETCHED)
+    if not url or (npz.exists() and meta.exists()):
+        return FETCHED if url else None
+    try:
+        FETCHED.mkdir(parents=True, exist_ok=True)
+        meta_part = data._fetch(f"{url}{key}.json", FETCHED)
+    except urllib.error.HTTPError as err:
+        if err.code != 404:
+            warnings.warn(f"the book's results store ({url}) answered {err.code} for {key}: "
+                          f"training the run here instead", stacklevel=3)
+        return None  # 404: a run the book does not store (another setting): train it
+    except data._NETWORK_ERRORS as err:
+        warnings.warn(f"the book's results store ({url}) cannot be reached ({err}): "
+                      f"training the run here instead", stacklevel=3)
+        return None
+    try:
+        expected = json.loads(meta_part.read_text())["npz_sha256"]
+    except (ValueError, KeyError) as err:
+        data._remove(meta_part)
+        raise StoreError(f"the book's results store ({url}) served a damaged entry {key}: "
+                         f"its metadata cannot be read ({err})") from err
+    try:
+        npz_part = data._fetch(f"{url}{key}.npz", FETCHED)
+    except data._NETWORK_ERRORS as err:
+        data._remove(meta_part)
+        warnings.warn(f"the book's results store ({url}) did not deliver {key}.npz ({err}): "
+                      f"training the run here instead", stacklevel=3)
+        return None
+    if data._file_sha256(npz_part) != expected:
+        data._remove(meta_part)
+        data._remove(npz_part)
+        raise StoreError(f"the book's results store ({url}) served a damaged entry {key}: "
+                         f"its arrays do not match the checksum in its metadata")
+    os.replace(npz_part, npz)
+    os.replace(meta_part, meta)  # last: an entry with its metadata is complete
+    return FETCHED
 
 
 def missing(name, key):

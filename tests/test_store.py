@@ -6,9 +6,15 @@ early numerical change, a late one) and import them again.
 """
 
 import dataclasses
+import functools
+import http.server
 import importlib.util
 import json
+import re
 import sys
+import threading
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +70,8 @@ def book(tmp_path, monkeypatch):
                 store.REPLAY_ENV, store.WHOLE_ENV, store.REPLAY_LOG_ENV, store.JOB_LOG_ENV,
                 store.NO_REKEY_ENV):
         monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv(store.URL_ENV, "")  # nothing is fetched unless a test publishes
+    monkeypatch.setattr(store, "FETCHED", tmp_path / "fetched")
     results = tmp_path / "results"
     results.mkdir()
     store.write_manifest(results, {"notebooks": {}})
@@ -630,3 +638,82 @@ def test_a_chapter_reports_the_cost_and_origin_of_its_stored_runs(tmp_path):
     assert "60 core-minutes" in store.cost_text("07_what_bn_buys", tmp_path)
     assert store.cost("08_why_bn_works", tmp_path) is None
     assert "trained during this build" in store.cost_text("08_why_bn_works", tmp_path)
+
+
+# --- a pip install (Colab) fetches the published store ---------------------------------
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def published(book, monkeypatch):
+    """The store of ``book`` published over HTTP, and a pip install: no store here."""
+    handler = functools.partial(_Quiet, directory=str(book.store))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(store.URL_ENV, f"http://127.0.0.1:{server.server_port}/")
+
+    def pip_install():
+        monkeypatch.setattr(store, "root", lambda: None)
+
+    yield pip_install
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_pip_install_fetches_a_stored_run_instead_of_training(book, monkeypatch, published):
+    module = book.experiment()
+    first = _compute_into_store(book, monkeypatch, module)
+    published()
+    again = _run(module)
+    np.testing.assert_array_equal(again["loss"], first["loss"])
+    assert module.CALLS == [400]  # fetched, not trained
+    key = cache.cache_key("toy", CONFIG, module.train)
+    assert sorted(p.name for p in store.FETCHED.iterdir()) == [f"{key}.json", f"{key}.npz"]
+    monkeypatch.setenv(store.URL_ENV, "http://127.0.0.1:9/")  # offline now: kept locally
+    np.testing.assert_array_equal(_run(module)["loss"], first["loss"])
+    assert module.CALLS == [400]
+
+
+def test_a_run_the_published_store_lacks_trains_here(book, monkeypatch, published):
+    module = book.experiment()
+    _compute_into_store(book, monkeypatch, module)
+    published()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a 404 is no problem: the run is not stored
+        _run(module, {**CONFIG, "lr": 0.07})  # another setting: trained locally
+    assert module.CALLS == [400, 400]
+    assert not list(store.FETCHED.glob("*.json"))
+
+
+def test_a_damaged_published_entry_is_refused_and_not_kept(book, monkeypatch, published):
+    module = book.experiment()
+    _compute_into_store(book, monkeypatch, module)
+    npz = next(book.store.glob("*.npz"))
+    npz.write_bytes(npz.read_bytes()[:-10] + bytes(10))
+    published()
+    with pytest.raises(store.StoreError, match="damaged entry"):
+        _run(module)
+    assert not list(store.FETCHED.iterdir())
+
+
+def test_unreachable_or_switched_off_fetching_trains_here(book, monkeypatch, published):
+    module = book.experiment()
+    _compute_into_store(book, monkeypatch, module)
+    published()
+    monkeypatch.setenv(store.URL_ENV, "http://127.0.0.1:9/")  # nothing listens there
+    with pytest.warns(UserWarning, match="cannot be reached"):
+        _run(module)
+    monkeypatch.setenv(store.URL_ENV, "")
+    _run(module, {**CONFIG, "steps": 300})
+    assert module.CALLS == [400, 400, 300]
+
+
+def test_the_published_store_is_the_repository_of_the_book():
+    text = (Path(__file__).resolve().parents[1] / "_config.yml").read_text()
+    url = re.search(r"^repository:\s*\n\s+url:\s*(\S+)\n\s+branch:\s*(\S+)", text, re.M)
+    repo = url.group(1).removeprefix("https://github.com/")
+    assert store.URL == f"https://raw.githubusercontent.com/{repo}/{url.group(2)}/results/"
