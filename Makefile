@@ -85,7 +85,7 @@ LEARNER := _build/html/learner
 lab: $(STAMP)
 	$(PY) -c "import jupyterlab, ipywidgets" 2>/dev/null || $(PY) -m pip install -q -r requirements.txt
 	@test -f $(LEARNER)/00_setup.ipynb || { echo "No learner notebooks in $(LEARNER) yet:" \
-		"building the book first (make book, about 20 minutes on 2 cores, once)."; $(MAKE) book; }
+		"building the book first (make book, about 4 minutes on 2 cores, once)."; $(MAKE) book; }
 	$(PY) book/_ext/learner.py sync $(LEARNER) lab
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) lab/
 
