@@ -451,11 +451,23 @@ def replay(fn, config, stored, whole=False, like=None):
     for steps in dict.fromkeys(tries):  # in order, once each
         if steps is not None and logged is not None and steps >= int(np.max(logged)):
             continue  # no shorter than the run
-        found = compare(_run(fn, config, steps, like), stored, whole=steps is None)
+        try:
+            replayed = _run(fn, config, steps, like)
+        except Exception:
+            if not _before_first_log(steps, logged):
+                raise
+            continue  # a loop cut before its first log has nothing to return: go on to it
+        found = compare(replayed, stored, whole=steps is None)
         if steps is None or found["problems"] or found["trained"]:
             break  # a mismatch, or a prefix that compared what the run trained
     return {"ok": not found["problems"], "whole": steps is None, "steps": steps,
             **found, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _before_first_log(steps, logged):
+    """Whether a prefix of ``steps`` ends before the run's first logged step after 0."""
+    later = [] if logged is None or steps is None else [s for s in logged if s > 0]
+    return bool(later) and steps < min(later)
 
 
 def _run(fn, config, steps, like):

@@ -428,6 +428,29 @@ def test_a_prefix_is_as_short_as_what_the_run_logs_allows(per_step, steps):
     assert report["ok"] and report["steps"] == steps and report["trained"] >= 1
 
 
+def _sparse_only(steps):
+    """Logs every 250 steps, and like train_stacked cannot assemble its logs when cut
+    before the first one."""
+    trained = [step for step in bnutils.progress(range(1, steps + 1), disable=True)]
+    logged = [s for s in trained if s % 250 == 0]
+    w = np.stack([np.float64(s) * 0.5 for s in logged])  # fails with nothing logged
+    return {"step": np.array([0, *logged]), "w": np.concatenate([[0.0], w])}
+
+
+def test_a_run_cut_before_its_first_log_is_replayed_up_to_it():
+    config = {"steps": 1000}
+    report = store.replay(_sparse_only, config, _sparse_only(**config))
+    assert report["ok"] and report["steps"] == 250 and report["trained"] >= 1
+    with pytest.raises(ValueError, match="at least one array"):  # a whole run still fails
+        store._run(_sparse_only, {"steps": 0}, None, {})
+
+    def broken(steps):
+        raise RuntimeError("a bug, not a short prefix")
+
+    with pytest.raises(RuntimeError, match="a bug"):  # a prefix at a log: not swallowed
+        store.replay(broken, config, {"step": np.array([0, 100, 200]), "w": np.zeros(3)})
+
+
 def test_prefix_steps_follow_the_logged_steps():
     assert store.prefix_steps({"step": np.array([0, 30, 60, 90, 120, 150])}) == 120
     assert store.prefix_steps({"runs": {"step": np.array([500, 1000])}}) == 500
