@@ -449,6 +449,14 @@ def test_a_run_cut_before_its_first_log_is_replayed_up_to_it():
 
     with pytest.raises(RuntimeError, match="a bug"):  # a prefix at a log: not swallowed
         store.replay(broken, config, {"step": np.array([0, 100, 200]), "w": np.zeros(3)})
+    with pytest.raises(RuntimeError, match="a bug"):  # nothing logged: the whole run says
+        store.replay(broken, config, {"w": np.zeros(3)})
+
+    def unlogged(steps):  # logs its series without a step axis, and only every 250 steps
+        return {"w": _sparse_only(steps)["w"]}
+
+    report = store.replay(unlogged, config, unlogged(**config))
+    assert report["ok"] and report["whole"]
 
 
 def test_prefix_steps_follow_the_logged_steps():
