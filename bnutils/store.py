@@ -39,7 +39,9 @@ stops every training loop after ``n`` steps (``bnutils.config.step_limit``: loop
 through ``bnutils.progress``), so the learning-rate schedule and everything else that
 depends on the run's length are the stored run's. ``n`` is ``REPLAY_STEPS`` where the
 run logs a series over its first steps (a per-step loss, a trace), else the first
-logged step after it. Then every value of the replayed result is matched against the
+logged step after it. A build (CI) never falls back to a whole replay
+of a run that no prefix can check: it logs the replay as skipped, and the whole
+replays drawn over the commits check such runs. Then every value of the replayed result is matched against the
 entry, within ``TOLERANCE``: a value that has a log axis (an axis along which the
 replay is shorter) must equal the entry's first ``n`` logs; a value without one is an
 end-of-run value (final accuracy, a divergence flag), which a prefix replay cannot
@@ -176,7 +178,8 @@ def serve(key, name, config, fn, verbose=False):
                           "notebook": _config.notebook()})
     whole = _replay_whole(key)
     if whole is not None and not _replayed(key, whole):
-        report = replay(fn, config, result, whole=whole, like=_provenance(meta))
+        report = replay(fn, config, result, whole=whole, like=_provenance(meta),
+                        fall_back=False)
         _append(REPLAY_LOG_ENV, {"key": key, "name": name, "notebook": _config.notebook(),
                                  **report})
         if not report["ok"]:
@@ -426,12 +429,15 @@ def _cpu_model():
 # --- replaying ------------------------------------------------------------------------
 
 
-def replay(fn, config, stored, whole=False, like=None):
+def replay(fn, config, stored, whole=False, like=None, fall_back=True):
     """Compute ``fn(**config)`` again, its first steps or (``whole``) all, and compare.
 
     The prefix is the first ``REPLAY_STEPS`` steps when the result logs something over
     them (a per-step series), else up to the first logged step after them
-    (``prefix_steps``), else the whole run (see the module's docstring).
+    (``prefix_steps``), else the whole run (see the module's docstring). With
+    ``fall_back=False`` (a build's replays, which must fit CI's time), a run that no
+    prefix can check is not replayed whole: the report says ``skipped`` and why, and
+    only the whole replays that CI draws over the commits check it.
     ``like``: the entry's provenance; the replay runs on as many threads, and is
     refused (``ok`` False) where the numerics differ from the entry's: no tolerance
     spans two numerics classes (see ``TOLERANCE``).
@@ -448,7 +454,8 @@ def replay(fn, config, stored, whole=False, like=None):
                     f"computed with the numerics {like['numerics']}, this process has "
                     f"{numerics()}: replay it where they are the same"]}
     start = time.perf_counter()
-    tries = [None] if whole else [REPLAY_STEPS, prefix_steps(stored), None]
+    prefixes = [s for s in (REPLAY_STEPS, prefix_steps(stored)) if s is not None]
+    tries = [None] if whole else prefixes + [None] * fall_back
     logged = _find_steps(stored)
     for steps in dict.fromkeys(tries):  # in order, once each
         if steps is not None and logged is not None and steps >= int(np.max(logged)):
@@ -461,9 +468,12 @@ def replay(fn, config, stored, whole=False, like=None):
             continue  # cut before its first log, a loop has nothing to return: go on
         found = compare(replayed, stored, whole=steps is None)
         if steps is None or found["problems"] or found["trained"]:
-            break  # a mismatch, or a prefix that compared what the run trained
-    return {"ok": not found["problems"], "whole": steps is None, "steps": steps,
-            **found, "seconds": round(time.perf_counter() - start, 3)}
+            return {"ok": not found["problems"], "whole": steps is None, "steps": steps,
+                    **found, "seconds": round(time.perf_counter() - start, 3)}
+    return {"ok": True, "whole": False, "steps": None, "compared": 0, "series": 0,
+            "trained": 0, "max_diff": 0.0, "problems": [],
+            "skipped": "it logs nothing before its end that a prefix could compare",
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 def _before_first_log(steps, logged):

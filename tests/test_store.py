@@ -408,6 +408,35 @@ def test_a_run_that_logs_only_at_its_end_is_replayed_whole():
     assert store.replay(end_only, {"steps": 500}, {**stored, "acc": 499.0})["problems"]
 
 
+def test_a_build_skips_rather_than_recomputes_a_run_no_prefix_can_check():
+    trained = []
+
+    def end_only(steps):
+        trained.append(sum(1 for _ in bnutils.progress(range(steps), disable=True)))
+        return {"acc": float(trained[-1]), "step": np.array([steps])}
+
+    stored = end_only(500)
+    report = store.replay(end_only, {"steps": 500}, stored, fall_back=False)
+    assert report["ok"] and not report["whole"] and report["skipped"]
+    assert report["compared"] == 0 and trained == [500, 100]  # only the prefix ran
+    assert store.replay(end_only, {"steps": 500}, stored)["whole"]  # the default: whole
+    wrong = store.replay(end_only, {"steps": 500}, {**stored, "acc": 1.0}, whole=True)
+    assert not wrong["ok"]  # what the draw of whole replays checks
+
+
+def test_a_build_logs_a_skipped_replay_and_never_trains_it_whole(book, monkeypatch):
+    module = book.experiment()
+    end_only = {**CONFIG, "log_every": CONFIG["steps"]}  # one log, at the end
+    _compute_into_store(book, monkeypatch, module, end_only)
+    monkeypatch.setenv(config.TRAIN_ENV, "forbid")
+    monkeypatch.setenv(store.REPLAY_ENV, "a-commit")
+    monkeypatch.setenv("BNBOOK_NOTEBOOK", "06_cnn")  # nothing of 06_cnn is listed
+    _run(module, end_only)
+    (record,) = book.logs("replays")
+    assert record["ok"] and record["skipped"] and not record["whole"]
+    assert module.CALLS == [400, 100]  # the prefix only
+
+
 def _sparse(steps, per_step):
     """Logs every 250 steps; with ``per_step``, each step's loss as well."""
     trained, logged = [], [0]

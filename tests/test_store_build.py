@@ -44,6 +44,15 @@ def test_every_entry_was_replayed_and_matched(build):
     replayed = {r["key"] for r in replays}
     missing = {k for keys in manifest.values() for k in keys} - replayed
     assert not missing, f"entries the build did not replay: {sorted(missing)}"
+    checked = {r["key"] for r in replays if r["whole"] or r["compared"]}
+    skipped = {r["key"] for r in replays if r.get("skipped")} - checked
+    assert replayed == checked | skipped
+    # a run no prefix can check is checked whole when the commits' draw picks it: it
+    # must be among the runs the draw picks from
+    entries = store.read_entries(FOLDER)
+    too_long = [k for k in skipped
+                if (entries[k]["provenance"].get("seconds") or 0) > store.WHOLE_MAX_SECONDS]
+    assert not too_long, f"runs that CI never checks: {too_long}"
 
 
 def test_one_whole_run_per_chapter_was_replayed(build):
