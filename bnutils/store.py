@@ -39,16 +39,16 @@ stops every training loop after ``n`` steps (``bnutils.config.step_limit``: loop
 through ``bnutils.progress``), so the learning-rate schedule and everything else that
 depends on the run's length are the stored run's. ``n`` is ``REPLAY_STEPS`` where the
 run logs a series over its first steps (a per-step loss, a trace), else the first
-logged step after it. A build (CI) never falls back to a whole replay
-of a run that no prefix can check: it logs the replay as skipped, and the whole
-replays drawn over the commits check such runs. Then every value of the replayed result is matched against the
+logged step after it. Then every value of the replayed result is matched against the
 entry, within ``TOLERANCE``: a value that has a log axis (an axis along which the
 replay is shorter) must equal the entry's first ``n`` logs; a value without one is an
 end-of-run value (final accuracy, a divergence flag), which a prefix replay cannot
 reproduce and a whole replay compares. Timings (keys ending in ``seconds``) are never
 compared. No experiment declares anything: a replay that cannot line up a value
 fails, loudly. A run whose prefix has no logged series to compare (it logs only at its
-end), or that is no longer than ``n``, is replayed whole. A replay runs with the
+end), or that is no longer than ``n``, is replayed whole, except in a build (CI): there
+its replay is logged as skipped, and the whole replays drawn over the commits check it
+(a test keeps every such run among those drawn from). A replay runs with the
 entry's numerics: the same device and kernels (``NUMERICS``, which ``make results``
 and CI pin) and as many threads; elsewhere it is refused, not loosened, because small
 differences grow exponentially in some of the book's runs (see ``TOLERANCE``).
