@@ -397,3 +397,16 @@ def test_workers_ignore_ctrl_c_and_an_interrupted_prefill_stops_them(tmp_path):
     # the pool's own thread reaped at the same moment)
     assert all(wait([p.sentinel], timeout=10) for p in processes)
     assert parallel.prefill([(_touch, (tmp_path / "after", "ok"), {})] * 2, workers=2) == 2
+
+
+def test_dropout_masks_do_not_depend_on_the_global_generator():
+    """A stored run is replayed in another process, after other runs: its dropout masks
+    must come from its own seeds, not from the global generator's state."""
+    outputs = []
+    for before in (0, 1000):
+        torch.rand(before)  # what ran before in this process
+        net = RegularizedMLP(2, 8, (16,), 3, "relu", norm=False, init_std=None,
+                             seeds=[0, 1], dropout=[0.5, 0.2])
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+        outputs.append(torch.stack([net(x), net(x)]))
+    assert torch.equal(outputs[0], outputs[1])

@@ -49,6 +49,15 @@ class RegularizedMLP(StackedMLP):
         if not self.norm and any(v is not None for v in sizes):
             raise ValueError("virtual_batch needs norm=True")
         self.virtual_batch = sizes
+        # the dropout masks come from a generator of their own, seeded by the nets'
+        # seeds: the global one's state depends on whatever ran before in the process
+        self.mask_seed = int(sum(kwargs.get("seeds") or [0])) + 7919 * k
+        self._mask_generator = None
+
+    def _masks(self, device):
+        if self._mask_generator is None or self._mask_generator.device != device:
+            self._mask_generator = torch.Generator(device=device).manual_seed(self.mask_seed)
+        return self._mask_generator
 
     def forward(self, x):
         """Logits ``(k, B, out_features)``; ``x: (B, in_features)`` shared by all nets."""
@@ -73,7 +82,9 @@ class RegularizedMLP(StackedMLP):
             h = act(h)
             if self.training and (self.dropout > 0).any():
                 keep = (1 - self.dropout).to(h).view(-1, 1, 1)
-                h = h * (torch.rand_like(h) < keep) / keep
+                draw = torch.rand(h.shape, generator=self._masks(h.device), device=h.device,
+                                  dtype=h.dtype)
+                h = h * (draw < keep) / keep
         return h
 
     def _ghost_norm(self, h, j):
