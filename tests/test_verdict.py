@@ -187,6 +187,16 @@ def test_plateau_is_the_gain_over_the_last_quarter():
     assert not v.plateaued([0, 200, 400], [0.1, 0.6, 0.8])
 
 
+def test_plateau_over_many_logs_is_the_rise_of_a_line_not_of_two_points():
+    step = np.arange(0, 2100, 100)
+    flat = np.full(21, 0.87)
+    # +-0.4 points of noise, and one low evaluation where the last quarter starts
+    flat[15:] = [0.85, 0.874, 0.868, 0.872, 0.864, 0.866]
+    assert v.plateaued(step, flat)  # the end minus the start would be +2 points
+    climbing = flat + np.where(step >= 1500, (step - 1500) * 2e-5, 0)
+    assert not v.plateaued(step, climbing)  # +1 point over the last quarter
+
+
 def _reaches(steps, horizon=800):
     return [v.Reach(None if s is None else s, horizon) for s in steps]
 
