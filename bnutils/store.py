@@ -112,7 +112,8 @@ TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
 # reproducibility, oneDNN's instruction set). On an AVX2 machine pinning changes
 # neither the speed nor the bits (chapter 6's CNN, 60 steps, compared bit for bit).
 NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-REPLAY_STEPS = 100  # a prefix replay's steps (or up to the first log after them)
+REPLAY_STEPS = 50  # a prefix replay's steps (or up to the first log after them); below the
+# 100-step trace of chapters 6-7, which is then a series the prefix compares
 # CI draws its whole replays among the entries that took at most this long to compute,
 # so that nine chapters' whole replays add at most a few minutes to .ci/run (25 minutes
 # on 2 cores in all); longer ones (Figure 1's 50,000-step stacks) are replayed whole by

@@ -340,7 +340,7 @@ def test_a_prefix_replay_trains_the_first_steps_with_the_same_schedule(book):
     stored = module.train(**CONFIG)
     report = store.replay(module.train, CONFIG, stored)
     assert report["ok"] and not report["whole"] and report["steps"] == store.REPLAY_STEPS
-    assert module.CALLS == [400, 100]  # the same call, cut short: same schedule
+    assert module.CALLS == [400, store.REPLAY_STEPS]  # the same call, cut short
     assert report["series"] == 3  # step, loss, w; final and seconds are not compared
     assert report["max_diff"] == 0.0
 
@@ -418,7 +418,7 @@ def test_a_build_skips_rather_than_recomputes_a_run_no_prefix_can_check():
     stored = end_only(500)
     report = store.replay(end_only, {"steps": 500}, stored, fall_back=False)
     assert report["ok"] and not report["whole"] and report["skipped"]
-    assert report["compared"] == 0 and trained == [500, 100]  # only the prefix ran
+    assert report["compared"] == 0 and trained == [500, store.REPLAY_STEPS]  # the prefix
     assert store.replay(end_only, {"steps": 500}, stored)["whole"]  # the default: whole
     wrong = store.replay(end_only, {"steps": 500}, {**stored, "acc": 1.0}, whole=True)
     assert not wrong["ok"]  # what the draw of whole replays checks
@@ -434,7 +434,7 @@ def test_a_build_logs_a_skipped_replay_and_never_trains_it_whole(book, monkeypat
     _run(module, end_only)
     (record,) = book.logs("replays")
     assert record["ok"] and record["skipped"] and not record["whole"]
-    assert module.CALLS == [400, 100]  # the prefix only
+    assert module.CALLS == [400, store.REPLAY_STEPS]  # the prefix only
 
 
 def _sparse(steps, per_step):
@@ -450,7 +450,7 @@ def _sparse(steps, per_step):
     return out
 
 
-@pytest.mark.parametrize("per_step, steps", [(True, 100), (False, 250)])
+@pytest.mark.parametrize("per_step, steps", [(True, store.REPLAY_STEPS), (False, 250)])
 def test_a_prefix_is_as_short_as_what_the_run_logs_allows(per_step, steps):
     config = {"steps": 1000, "per_step": per_step}
     report = store.replay(_sparse, config, _sparse(**config))
@@ -489,9 +489,11 @@ def test_a_run_cut_before_its_first_log_is_replayed_up_to_it():
 
 
 def test_prefix_steps_follow_the_logged_steps():
-    assert store.prefix_steps({"step": np.array([0, 30, 60, 90, 120, 150])}) == 120
-    assert store.prefix_steps({"runs": {"step": np.array([500, 1000])}}) == 500
-    assert store.prefix_steps({"step": np.array([0, 50, 100])}) is None  # that is all of it
+    n = store.REPLAY_STEPS
+    logged = np.array([0, 0.6, 1.2, 1.8, 2.4, 3.0]) * n
+    assert store.prefix_steps({"step": logged.astype(int)}) == int(1.2 * n)
+    assert store.prefix_steps({"runs": {"step": np.array([10, 20]) * n}}) == 10 * n
+    assert store.prefix_steps({"step": np.array([0, 2 * n])}) is None  # all of it
     assert store.prefix_steps({"acc": np.ones(3)}) == store.REPLAY_STEPS
 
 
@@ -528,7 +530,7 @@ def test_a_build_stops_on_a_stored_run_the_code_does_not_reproduce(book, monkeyp
     (book.store / f"{key}.json").write_text(json.dumps(doc))
     monkeypatch.setenv(config.TRAIN_ENV, "forbid")
     monkeypatch.setenv(store.REPLAY_ENV, "a-commit")
-    with pytest.raises(store.ReplayMismatch, match=r"toy .* first 100 steps: loss: differs"):
+    with pytest.raises(store.ReplayMismatch, match=rf"toy .* first {store.REPLAY_STEPS} steps: loss: differs"):
         _run(module)
 
 
