@@ -34,7 +34,9 @@ The rules that decide a verdict live here, once, and every chapter uses them:
   target within its ``N`` steps is "not reached in N steps", and a ratio of steps with
   a censored run in it is not computed.
 - **Not tested at this length**: a comparison of how fast runs get somewhere, or of
-  where they end, needs runs that have flattened (``plateaued``).
+  where they end, needs runs that have flattened (``plateaued``); a verdict that
+  differs at half the length of the same runs is length-dependent
+  (``length_dependent``), and the ledger (``LEDGER``) says not tested.
 """
 
 import math
@@ -78,6 +80,16 @@ _T975 = (
     2.045,
     2.042,
 )
+
+
+# the claims ledger's four words (book/claims.md), as ``verdict``'s words for a ledger
+# verdict: ``verdict(key, word, LEDGER)``
+LEDGER = {
+    "reproduces": "reproduces",
+    "partly": "partly",
+    "does not reproduce": "does not reproduce",
+    "not tested": "not tested",
+}
 
 
 class VerdictError(AssertionError):
@@ -413,6 +425,16 @@ def reaches_text(reaches):
         f"{len(done)} of {len(reaches)} seeds: {text}; "
         f"{len(missed)} not reached in {horizon:,} steps"
     )
+
+
+def length_dependent(at_end, at_half):
+    """The keys of ``at_end`` (verdicts at the end of the runs) whose verdict differs in
+    ``at_half`` (the same verdicts from the same runs' logs at half the length): the
+    verdicts that depend on the length of the run, which the ledger calls not tested."""
+    missing = sorted(set(at_end) - set(at_half))
+    if missing:
+        raise KeyError(f"no verdict at half the length for {missing}")
+    return [key for key in at_end if at_half[key] != at_end[key]]
 
 
 def plateaued(step, curve, tolerance=0.003, tail=0.25):

@@ -1,5 +1,7 @@
 """bnutils.verdict: computed words and guarded typed claims."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -221,3 +223,19 @@ def test_reaches_text_never_averages_a_censored_run():
     assert v.reaches_text(_reaches([400, None, 440])) == (
         "2 of 3 seeds: 420 ± 28; 1 not reached in 800 steps"
     )
+
+
+def test_length_dependent_names_the_verdicts_that_move():
+    end = {"fast": "reproduces", "bn": "partly", "x30": "not tested"}
+    assert v.length_dependent(end, dict(end)) == []
+    half = {**end, "bn": "reproduces", "x30": "partly"}
+    assert v.length_dependent(end, half) == ["bn", "x30"]
+    with pytest.raises(KeyError, match="no verdict at half the length for \\['x30'\\]"):
+        v.length_dependent(end, {"fast": "reproduces", "bn": "partly"})
+
+
+def test_ledger_words_are_the_claims_page_words():
+    text = (Path(__file__).resolve().parents[1] / "book" / "claims.md").read_text()
+    for word in v.LEDGER:  # each defined in the page's legend
+        assert f"- **{word}**:" in text
+    assert list(v.LEDGER.values()) == list(v.LEDGER)

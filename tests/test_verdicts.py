@@ -59,6 +59,18 @@ VERDICT_NAMES = {"verdict"}
 GUARD_NAMES = {"guard"}
 
 
+def _library_words():
+    """The dicts of words that notebooks import from ``bnutils.verdict`` (``LEDGER``):
+    name -> its literal, read as the notebooks' own dicts are."""
+    tree = ast.parse((ROOT / "bnutils" / "verdict.py").read_text())
+    return {t.id: node.value for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
+LIBRARY_WORDS = _library_words()
+
+
 # --- reading a notebook ----------------------------------------------------------------
 
 def _source(cell):
@@ -160,8 +172,12 @@ class Notebook:
                 if name in VERDICT_NAMES:
                     texts = (_arg(node, 2, "if_true"), _arg(node, 3, "if_false"))
                     words = texts[0]
-                    if isinstance(words, ast.Name) and len(self.assigned.get(words.id, [])) == 1:
-                        words = self.assigned[words.id][0]  # a dict of words named once
+                    if isinstance(words, ast.Name):  # a dict of words named once
+                        named = self.assigned.get(words.id, [])
+                        if len(named) == 1:
+                            words = named[0]
+                        elif not named and words.id in LIBRARY_WORDS:
+                            words = LIBRARY_WORDS[words.id]
                     if isinstance(words, ast.Dict):  # one text per outcome
                         texts = tuple(words.values)
                     self.verdicts.append(dict(
