@@ -5,8 +5,8 @@ not), downloaded from public mirrors when missing, and always verified against t
 SHA-256 of their *uncompressed* bytes before use. A mirror that fails in any way (down,
 not speaking HTTP, cutting the file short, serving a damaged or wrong file, or taking
 longer than ``DEADLINE`` seconds) is skipped for the next; nothing partial is kept.
-Offline with nothing local, MNIST falls back to a small real subset shipped inside
-``bnutils`` (with a warning); there is no such subset of Fashion-MNIST.
+Offline with nothing local, each data set falls back to a small real subset of it
+shipped inside ``bnutils`` (with a warning).
 
 Every load is remembered with a fingerprint of what it loaded (``loaded``): the data
 set, full or subset, and the checksums. ``bnutils.cache`` stores it with a result and
@@ -84,7 +84,7 @@ DATASETS = {
     ),
 }
 
-SUBSET_PATH = Path(__file__).with_name("resources") / "mnist-subset.npz"
+SUBSETS = Path(__file__).with_name("resources")  # <name>-subset.npz per data set
 IDX_MAGIC = {3: 2051, 1: 2049}  # ndim -> magic number of an IDX file of uint8
 READ_TIMEOUT = 30  # seconds a mirror may stay silent before it is given up
 DEADLINE = 300  # seconds one file may take from one mirror, however it trickles in
@@ -128,8 +128,8 @@ def load_mnist(split="train", root=None, download=True, subset=False, dataset="m
     Returns ``images: (N, 28, 28) uint8`` and ``labels: (N,) uint8``.
     ``root``: the folder with the four IDX files; default ``default_root(dataset)``.
     ``download``: fetch missing files from the public mirrors.
-    ``subset=True`` returns the small real MNIST subset bundled with ``bnutils`` (there
-    is none of Fashion-MNIST).
+    ``subset=True`` returns the small real subset of the data set bundled with
+    ``bnutils`` (``subset_path``).
     Every call is remembered (see ``loaded``), so that ``bnutils.cache`` can tell which
     data a result was computed on.
     """
@@ -138,7 +138,7 @@ def load_mnist(split="train", root=None, download=True, subset=False, dataset="m
             "dataset": dataset}
     _LOADED[_args_key(args)] = {"args": args, "data": _fingerprint(dataset, split, paths)}
     if paths is None:
-        return load_subset(split)
+        return load_subset(split, dataset)
     images = _read_idx(paths[0], ndim=3)
     labels = _read_idx(paths[1], ndim=1)
     if len(images) != len(labels):
@@ -151,11 +151,17 @@ def load_fashion_mnist(split="train", root=None, download=True):
     return load_mnist(split, root=root, download=download, dataset="fashion-mnist")
 
 
-def load_subset(split="train"):
-    """The bundled stratified subset of real MNIST (see ``bnutils/resources/README.md``)."""
+def subset_path(dataset="mnist"):
+    """The file of the subset of ``dataset`` bundled with ``bnutils``."""
+    return SUBSETS / f"{_spec(dataset).name}-subset.npz"
+
+
+def load_subset(split="train", dataset="mnist"):
+    """The bundled stratified subset of real MNIST or Fashion-MNIST (see
+    ``bnutils/resources/README.md``)."""
     if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    with np.load(SUBSET_PATH, allow_pickle=False) as z:
+    with np.load(subset_path(dataset), allow_pickle=False) as z:
         return z[f"{split}_images"].copy(), z[f"{split}_labels"].copy()
 
 
@@ -206,8 +212,9 @@ def fingerprint(split="train", root=None, download=True, subset=False, dataset="
 def _fingerprint(dataset, split, paths):
     spec = _spec(dataset)
     if paths is None:
+        path = subset_path(dataset)
         return {"dataset": spec.name, "split": split, "source": "subset",
-                "sha256": {SUBSET_PATH.name: _file_sha256(SUBSET_PATH)}}
+                "sha256": {path.name: _file_sha256(path)}}
     return {"dataset": spec.name, "split": split, "source": "full",
             "sha256": {name: spec.sha256[name] for name in FILES[split]}}
 
@@ -228,31 +235,24 @@ def _locate(split, root, download, subset, dataset):
     if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     spec = _spec(dataset)
-    if subset and spec.name != "mnist":
-        raise ValueError(
-            f"subset=True gives the small MNIST subset bundled with bnutils; there is no "
-            f"{spec.name} subset. Load the full {spec.name} files (set {spec.env})."
-        )
     if subset:
         return None
     root = Path(root).expanduser() if root is not None else default_root(dataset)
     try:
         return [_ensure_file(spec, root, name, download) for name in FILES[split]]
     except _Offline as err:
-        if spec.name != "mnist":
-            raise
         warnings.warn(
-            f"{err}\nFalling back to the small MNIST subset bundled with bnutils "
-            f"({_subset_size(split)} {split} images): results will differ from the full "
-            f"data set. To use the full data set, put the four MNIST files in a folder "
-            f"and set BNUTILS_DATA to it, or connect to the internet.",
+            f"{err}\nFalling back to the small {spec.name} subset bundled with bnutils "
+            f"({_subset_size(split, dataset)} {split} images): results will differ from "
+            f"the full data set. To use the full data set, put its four files in a "
+            f"folder and set {spec.env} to it, or connect to the internet.",
             stacklevel=3,
         )
         return None
 
 
-def _subset_size(split):
-    with np.load(SUBSET_PATH, allow_pickle=False) as z:
+def _subset_size(split, dataset="mnist"):
+    with np.load(subset_path(dataset), allow_pickle=False) as z:
         return len(z[f"{split}_labels"])
 
 

@@ -172,18 +172,28 @@ def test_offline_falls_back_to_bundled_subset_with_warning(mirrors, tmp_path):
     assert np.bincount(y).tolist() == [500] * 10  # stratified
 
 
-def test_offline_fashion_mnist_has_no_fallback(monkeypatch, tmp_path):
+def test_offline_fashion_mnist_falls_back_to_its_subset(monkeypatch, tmp_path):
     spec = dataclasses.replace(data.DATASETS["fashion-mnist"], mirrors=("http://127.0.0.1:9/",))
     monkeypatch.setitem(data.DATASETS, "fashion-mnist", spec)
-    with pytest.raises(data.DataError, match="could not download"):
-        data.load_fashion_mnist("test", root=tmp_path)
+    with pytest.warns(UserWarning, match="fashion-mnist subset bundled") as caught:
+        x, y = data.load_fashion_mnist("test", root=tmp_path)
+    assert "BNUTILS_FASHION_DATA" in str(caught[0].message)
+    xs, ys = data.load_subset("test", "fashion-mnist")
+    np.testing.assert_array_equal(x, xs)
+    np.testing.assert_array_equal(y, ys)
+    assert data.loaded()[-1]["data"]["source"] == "subset"
+    assert not np.array_equal(xs, data.load_subset("test")[0])  # not MNIST's
 
 
-def test_bundled_subset_is_real_mnist(mnist_root):
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_bundled_subset_is_real_data(dataset, mnist_root):
+    root = mnist_root if dataset == "mnist" else data.default_root(dataset)
+    if not (root / "t10k-labels-idx1-ubyte.gz").exists() and dataset != "mnist":
+        pytest.skip(f"no {dataset} files in {root}")
     for split, n in (("train", 5000), ("test", 1000)):
-        xs, ys = data.load_mnist(split, subset=True)
-        x, y = data.load_mnist(split, root=mnist_root, download=False)
-        with np.load(data.SUBSET_PATH) as z:
+        xs, ys = data.load_mnist(split, subset=True, dataset=dataset)
+        x, y = data.load_mnist(split, root=root, download=False, dataset=dataset)
+        with np.load(data.subset_path(dataset)) as z:
             index = z[f"{split}_index"]
         assert len(xs) == n
         np.testing.assert_array_equal(xs, x[index])
@@ -288,12 +298,15 @@ def test_train_val_split_is_disjoint():
     assert set(ytr.tolist()).isdisjoint(yv.tolist())
 
 
-def test_subset_file_layout():
-    with np.load(data.SUBSET_PATH) as z:
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_subset_file_layout(dataset):
+    with np.load(data.subset_path(dataset)) as z:
         assert sorted(z.files) == sorted(
             f"{s}_{k}" for s in ("train", "test") for k in ("images", "labels", "index")
         )
         assert z["train_images"].dtype == np.uint8 and z["train_index"].max() < 60_000
+        assert (np.bincount(z["train_labels"]) == 500).all()
+        assert (np.bincount(z["test_labels"]) == 100).all()
 
 
 # --- damaged files, broken mirrors, deadlines ---------------------------------------
@@ -347,13 +360,18 @@ def test_only_broken_mirrors_mean_offline(mirrors, tmp_path, monkeypatch):
     assert _files(tmp_path) == []  # no .part left
 
 
-def test_fashion_mnist_has_no_subset():
-    with pytest.raises(ValueError, match="there is no fashion-mnist subset"):
-        data.load_mnist("train", subset=True, dataset="fashion-mnist")
-    with pytest.raises(ValueError, match="there is no fashion-mnist subset"):
-        data.mnist_tensors("test", dataset="fashion-mnist", subset=True)
-    with pytest.raises(ValueError, match="there is no fashion-mnist subset"):
-        data.fingerprint("test", dataset="fashion-mnist", subset=True)
+def test_fashion_mnist_subset_is_asked_for_by_name():
+    x, y = data.load_mnist("train", subset=True, dataset="fashion-mnist")
+    assert x.shape == (5000, 28, 28) and len(y) == 5000
+    path = data.subset_path("fashion-mnist")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert data.fingerprint("test", dataset="fashion-mnist", subset=True) == {
+        "dataset": "fashion-mnist", "split": "test", "source": "subset",
+        "sha256": {"fashion-mnist-subset.npz": digest}}
+    xt, _ = data.mnist_tensors("test", dataset="fashion-mnist", subset=True)
+    assert xt.shape == (1000, 784)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.subset_path("cifar")
 
 
 def test_empty_read_only_folder_offline_falls_back(mirrors, tmp_path, read_only):
@@ -380,7 +398,7 @@ def test_loads_are_remembered_with_their_fingerprint(mirrors, tmp_path):
     assert full["data"] == {"dataset": "mnist", "split": "test", "source": "full", "sha256": {
         n: spec.sha256[n] for n in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}}
     assert data.fingerprint(**full["args"]) == full["data"]
-    digest = hashlib.sha256(data.SUBSET_PATH.read_bytes()).hexdigest()
+    digest = hashlib.sha256(data.subset_path().read_bytes()).hexdigest()
     assert subset["data"] == {"dataset": "mnist", "split": "train", "source": "subset",
                               "sha256": {"mnist-subset.npz": digest}}
     data.remember([{**full, "data": subset["data"]}])  # a later entry for the same call wins
