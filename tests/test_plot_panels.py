@@ -85,6 +85,20 @@ def test_figure3_enlargement_is_a_panel_that_hides_no_curve():
             if "(lr" in line.get_label()] == ["bn_x5_sigmoid (lr 0.5)"]
 
 
+def test_step_axes_of_long_runs_have_short_labels():
+    """16,000 steps: "16k", not labels that run into each other."""
+    step = np.arange(0, 16_001, 500)
+    results = {"baseline": {"val_acc": np.tile(np.linspace(0.1, 0.9, len(step)), (2, 1)),
+                            "step": step, "lr": 0.1, "diverged": np.array([False, False])}}
+    fig = plot.figure3_curves(results)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert "16k" in labels and max(map(len, labels)) <= 3
+    fig = plot.schedules(16_000, {"baseline": np.full(16_000, 0.1)})
+    fig.canvas.draw()
+    assert "16k" in [t.get_text() for t in fig.axes[0].get_xticklabels()]
+
+
 def test_statistics_over_training_names_the_cumulative_average():
     curves = {"0.1": [0.9, 0.95], "None": [0.8, 0.9], "Algorithm 2": [0.9, 0.96]}
     errors = {"0.1": [0.1, 0.05], "None": [0.3, 0.2]}

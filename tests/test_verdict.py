@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bnutils import data
 from bnutils import verdict as v
 
 
@@ -31,6 +32,25 @@ def test_guard_only_warns_in_quick_mode(monkeypatch):
     monkeypatch.setenv("BNBOOK_QUICK", "1")
     with pytest.warns(UserWarning, match="BN ends higher"):
         assert v.guard(np.bool_(False), "BN ends higher") is False
+
+
+def test_guard_only_warns_on_the_bundled_subset(monkeypatch):
+    """Offline, a full build on the subset shows its numbers but decides no claim."""
+    monkeypatch.setenv("BNBOOK_QUICK", "0")
+    monkeypatch.setattr(data, "_LOADED", {})
+    data.load_mnist("test", subset=True)
+    assert v.on_subset()
+    with pytest.warns(UserWarning, match="bundled data subset"):
+        assert v.guard(False, "BN ends higher") is False
+
+
+def test_on_subset_is_false_on_the_full_data(monkeypatch):
+    full = {"args": {"split": "test"}, "data": {"source": "full"}}
+    monkeypatch.setattr(data, "_LOADED", {("test",): full})
+    assert not v.on_subset()
+    monkeypatch.setenv("BNBOOK_QUICK", "0")
+    with pytest.raises(v.VerdictError):
+        v.guard(False, "BN ends higher")
 
 
 def test_glue_uses_myst_nb_where_installed(monkeypatch):

@@ -227,6 +227,7 @@ def figure3_curves(results, target=None, zoom=0.1, key="val_acc",
         if target is not None:
             ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label="target")
         ax.set(xlabel="training step")
+        ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_thousands))  # 16k, not 16000
     relu.set(title="ReLU networks", ylim=(0, 1), ylabel=ylabel)
     sigmoid.set(title="sigmoid networks", ylim=(0, 1))
     enlarged.set(title=f"ReLU networks, the top {zoom:.0%}", ylim=(top - zoom, top + 0.005),
@@ -249,6 +250,7 @@ def schedules(steps, specs, styles=None):
         color, style = styles.get(name, (COLORS["grey"], "-"))
         ax.plot(np.arange(steps), specs[name], color=color, ls=style, label=name)
     ax.set(yscale="log", xlabel="training step", ylabel="learning rate")
+    ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_thousands))
     ax.legend(fontsize=8, loc="lower left")
     means = [np.mean(specs[n]) / base for n in names]
     bars.barh(range(len(names)), means,
