@@ -9,6 +9,12 @@ from bnutils import data
 from bnutils import verdict as v
 
 
+@pytest.fixture(autouse=True)
+def no_data_loaded(monkeypatch):
+    """What other tests of this process loaded (the bundled subset) does not count here."""
+    monkeypatch.setattr(data, "_LOADED", {})
+
+
 def test_verdict_picks_the_words_of_the_fact(monkeypatch):
     glued = {}
     monkeypatch.setattr("myst_nb.glue", lambda k, t, display: glued.update({k: t}))
@@ -37,7 +43,6 @@ def test_guard_only_warns_in_quick_mode(monkeypatch):
 def test_guard_only_warns_on_the_bundled_subset(monkeypatch):
     """Offline, a full build on the subset shows its numbers but decides no claim."""
     monkeypatch.setenv("BNBOOK_QUICK", "0")
-    monkeypatch.setattr(data, "_LOADED", {})
     data.load_mnist("test", subset=True)
     assert v.on_subset()
     with pytest.warns(UserWarning, match="bundled data subset"):
