@@ -739,6 +739,11 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
     diverged (``-1``: never). If ``callback`` returns a dict, each of its keys becomes an
     array ``(n, ...)`` of the returned values; anything else is collected in a list under
     ``"callback"``.
+
+    A replay of the first steps (``bnutils.config.step_limit``) stops the loop early; the
+    run then trains on to its next log (its last step, or the cut where it logs only at
+    the end), so that its logs are the first ones of the whole run, and ``losses`` holds
+    the steps it took.
     """
     k = model.k
     if steps < 1:
@@ -758,9 +763,8 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
     losses = torch.full((steps, k), math.nan, device=x.device)
     diverged_step = torch.full((k,), -1, dtype=torch.long)
     logged, returned = [], []
-    model.train()
-    for step in progress_bar(range(1, steps + 1), desc=desc, disable=not progress,
-                             mininterval=1):
+
+    def update(step):
         if schedule is not None:
             optimizer.set_lr(base_lr * _per_net(schedule(step - 1), k, "schedule"))
         idx = next(stream)
@@ -787,13 +791,29 @@ def train_stacked(model, x, y, steps, lr, batch_size=60, data_seeds=None, moment
             for b, old in zip(state, saved, strict=True):
                 b.copy_(torch.where(frozen.view((k,) + (1,) * (b.dim() - 1)), old, b))
 
-        if step == steps or (log_every and step % log_every == 0):
-            logged.append(step)
-            if callback is not None:
-                returned.append(callback(step, model))
-                model.train()
+    def log(step):
+        logged.append(step)
+        if callback is not None:
+            returned.append(callback(step, model))
+            model.train()
 
-    losses = losses.cpu().numpy()
+    def logs_at(step):
+        return step == steps or bool(log_every and step % log_every == 0)
+
+    model.train()
+    done = 0
+    for done in progress_bar(range(1, steps + 1), desc=desc, disable=not progress,
+                             mininterval=1):
+        update(done)
+        if logs_at(done):
+            log(done)
+    if done < steps and done not in logged:  # cut by a replay, between two logs
+        while log_every and (done == 0 or not logs_at(done)):  # on to the next log
+            done += 1
+            update(done)
+        log(done)  # (the cut itself where the run logs only at its end)
+
+    losses = losses[:done].cpu().numpy()
     edges = [0, *logged]
     out = {
         "step": np.array(logged, dtype=np.int64),

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnutils import data, generator, models, norms, set_seed, train
+from bnutils import config, data, generator, models, norms, set_seed, train
 from bnutils.batched import (
     StackedCNN,
     StackedMLP,
@@ -269,6 +269,31 @@ def test_logs_callback_and_accuracy(mnist):
     for i in range(2):
         assert log["acc"][-1, i] == train.accuracy(model.net(i), x[:500], y[:500])
     assert model.training
+
+
+@pytest.mark.parametrize("cut, log_every, logs", [(7, 20, [20]), (20, 20, [20]),
+                                                 (21, 20, [20, 40]), (7, None, [7])])
+def test_a_replays_cut_trains_on_to_the_next_log(mnist, cut, log_every, logs):
+    """Cut by ``config.step_limit``, a run returns the first logs of the whole run (the
+    replay compares them with the stored ones, entry by entry) and the losses of the
+    steps it took. A run that logs only at its end logs the cut."""
+    x, y = mnist
+
+    def run():
+        model = StackedMLP(2, hidden=(32,), norm=True, seeds=[0, 1])
+        return train_stacked(model, x, y, 50, [0.5, 0.1], log_every=log_every,
+                             progress=False, schedule=lambda t: 0.99 ** t,
+                             callback=lambda step, m: {"acc": accuracy(m, x[:500], y[:500])})
+
+    whole = run()
+    with config.step_limit(cut):
+        part = run()
+    assert part["step"].tolist() == logs
+    steps = logs[-1]
+    np.testing.assert_array_equal(part["losses"], whole["losses"][:steps])
+    if log_every:  # the same logs as the whole run's first ones
+        np.testing.assert_array_equal(part["acc"], whole["acc"][:len(logs)])
+        np.testing.assert_array_equal(part["loss"], whole["loss"][:len(logs)])
 
 
 def test_stacked_sgd_one_step_by_hand():

@@ -662,8 +662,36 @@ def test_the_books_training_loops_stop_where_a_replay_says():
         net = nn.Sequential(nn.Linear(784, 10))
         _, losses = train.train(net, torch.optim.SGD(net.parameters(), lr=0.1), x, y, 50,
                                 batch_size=10, progress=False)
-    assert np.isfinite(logs["losses"]).all(axis=1).sum() == 7 and list(logs["step"]) == [5]
+    # train_stacked trains on to its next log (tests/test_batched.py)
+    assert np.isfinite(logs["losses"]).all() and list(logs["step"]) == [5, 10]
     assert len(losses) == 7
+
+
+def _sizes_sweep(sizes, steps, lr):
+    """Like chapter 9's sweeps: one stacked run per batch size, each with its own
+    length and log grid, its per-step losses and no ``step`` axis."""
+    from bnutils.batched import StackedMLP, accuracy, train_stacked
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 784, generator=g), torch.randint(0, 10, (300,), generator=g)
+    acc, curves = [], {}
+    for b, n in zip(sizes, steps, strict=True):
+        log = train_stacked(StackedMLP(2, hidden=(16,), seeds=[0, 1]), x, y, n, lr,
+                            batch_size=b, log_every=n // 4, progress=False,
+                            callback=lambda step, m: {"acc": accuracy(m, x, y)})
+        acc.append(log["acc"])
+        curves[f"b{b}"] = log["losses"]
+    return {"acc_curve": np.array(acc), "curves": curves}
+
+
+def test_a_sweep_of_stacked_runs_is_checked_by_its_prefix_in_a_build():
+    config = {"sizes": [4, 32], "steps": [400, 240], "lr": 0.1}
+    stored = _sizes_sweep(**config)
+    report = store.replay(_sizes_sweep, config, stored, fall_back=False)
+    assert report["ok"] and not report.get("skipped") and not report["whole"]
+    assert report["steps"] == store.REPLAY_STEPS and report["trained"] == 2  # the losses
+    other = store.replay(_sizes_sweep, {**config, "lr": 0.11}, stored, fall_back=False)
+    assert not other["ok"] and "curves/b4" in " ".join(other["problems"])
 
 
 # --- what a page says about its runs --------------------------------------------------

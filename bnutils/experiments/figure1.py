@@ -423,14 +423,16 @@ def _quantiles(v, q):
 def held_out_data(inputs, n_val, device):
     """``(train, val, test)``, each ``(x, y)`` on ``device``; ``val`` is None for ``n_val=0``.
 
-    ``val`` holds ``n_val`` training images chosen at random
-    (``data.train_val_split``, seed ``SPLIT_SEED``), ``train`` the rest.
+    ``val`` holds ``n_val`` of the 60,000 training images, chosen at random
+    (``data.train_val_split``, seed ``SPLIT_SEED``), ``train`` the rest; offline, the
+    same share of the bundled subset.
     """
     x, y = _tensors("train", inputs, device)
     test = _tensors("test", inputs, device)
     if n_val == 0:
         return (x, y), None, test
-    train_set, val_set = data.train_val_split(x, y, n_val, seed=SPLIT_SEED)
+    share = n_val * len(x) // 60_000  # n_val on the full data
+    train_set, val_set = data.train_val_split(x, y, share, seed=SPLIT_SEED)
     return train_set, val_set, test
 
 
