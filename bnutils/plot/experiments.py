@@ -72,11 +72,17 @@ def sigmoid_bands(runs, nets=("baseline", "bn"), per_row=4):
             ax.tick_params(labelsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("step", fontsize=9)
-        ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_thousands))
+        _step_axis(ax)
     for row in axes:
         row[0].set_ylabel("sigmoid input", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _step_axis(ax):
+    """Label the steps of ``ax``'s x axis 0, 500, 2k ... 16k: long runs' plain numbers
+    run into each other."""
+    ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_thousands))
 
 
 def _thousands(x, _pos=None):
@@ -227,7 +233,7 @@ def figure3_curves(results, target=None, zoom=0.1, key="val_acc",
         if target is not None:
             ax.axhline(target, color=COLORS["grey"], ls=":", lw=1, label="target")
         ax.set(xlabel="training step")
-        ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_thousands))  # 16k, not 16000
+        _step_axis(ax)
     relu.set(title="ReLU networks", ylim=(0, 1), ylabel=ylabel)
     sigmoid.set(title="sigmoid networks", ylim=(0, 1))
     enlarged.set(title=f"ReLU networks, the top {zoom:.0%}", ylim=(top - zoom, top + 0.005),
@@ -250,7 +256,7 @@ def schedules(steps, specs, styles=None):
         color, style = styles.get(name, (COLORS["grey"], "-"))
         ax.plot(np.arange(steps), specs[name], color=color, ls=style, label=name)
     ax.set(yscale="log", xlabel="training step", ylabel="learning rate")
-    ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_thousands))
+    _step_axis(ax)
     ax.legend(fontsize=8, loc="lower left")
     means = [np.mean(specs[n]) / base for n in names]
     bars.barh(range(len(names)), means,
