@@ -22,9 +22,9 @@ results CHAPTER=NN``; ``make replay`` replays every stored run whole). The desig
   experiment, a new setting) is estimated when it starts, from its configuration
   (``estimate``), and added to the total; so the time left is shown for the whole job.
 - **Re-keyed runs are verified whole**: runs that ``bnutils.store`` re-keyed after a
-  prefix replay are, per experiment name, replayed whole once (the cheapest), by
-  executing the notebook again with training forbidden; if that fails, the name's
-  re-keyed runs are deleted and computed.
+  prefix replay are, per experiment name and length (``steps``), replayed whole once
+  (the cheapest), by executing the notebook again with training forbidden; if that
+  fails, the name's re-keyed runs are deleted and computed.
 - **The manifest** is rewritten per notebook from what its execution read; entries no
   notebook reads any more are deleted.
 """
@@ -344,17 +344,20 @@ def compute_notebook(path, folder, logs, rates, out=EXECUTED):
 
 
 def verify_rekeyed(path, folder, logs, rates, rekeyed):
-    """Replay whole the cheapest re-keyed run of each name; record it in the entries.
+    """Replay whole the cheapest re-keyed run of each name and length; record it in the
+    entries. Per length, because a change that acts only after a short pilot's last step
+    passes the pilot's whole replay and must still meet a run of every length.
 
     Returns the names whose whole replay failed."""
     if not rekeyed:
         return set()
     entries = store.read_entries(folder)
-    by_name = {}
+    groups = {}
     for r in rekeyed:
-        by_name.setdefault(r["name"], []).append(r["key"])
-    chosen = {name: min(keys, key=lambda k: entries[k]["provenance"].get("seconds") or 0)
-              for name, keys in by_name.items()}
+        steps = entries[r["key"]]["config"].get("steps")
+        groups.setdefault((r["name"], json.dumps(steps)), []).append(r["key"])
+    chosen = {group: min(keys, key=lambda k: entries[k]["provenance"].get("seconds") or 0)
+              for group, keys in groups.items()}
     nb = path.stem
     env = job_env(folder, logs, nb, rates, train="forbid")
     env[store.WHOLE_ENV] = ",".join(chosen.values())
@@ -368,12 +371,12 @@ def verify_rekeyed(path, folder, logs, rates, rekeyed):
             raise  # something else went wrong
     results = {r["key"]: r for r in store.read_log(env[store.REPLAY_LOG_ENV]) if r["whole"]}
     failed = set()
-    for name, key in chosen.items():
+    for group, key in chosen.items():
         report = results.get(key)
         if report is None or not report["ok"]:
-            failed.add(name)
+            failed.add(group[0])
             continue
-        for k in by_name[name]:
+        for k in groups[group]:
             _set_whole_check(folder / f"{k}.json", key)
     return failed
 

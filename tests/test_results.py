@@ -17,6 +17,7 @@ NOTEBOOK = [
     "from bnutils.cache import train_or_load",
     'a = train_or_load("toy", {{"steps": 400, "lr": 0.05}}, toy.train)',
     'b = train_or_load("toy", {{"steps": 200, "lr": 0.07}}, toy.train)',
+    'c = train_or_load("toy", {{"steps": 400, "lr": 0.06}}, toy.train)',
 ]
 
 
@@ -57,32 +58,58 @@ def _provenance(folder, key):
     return json.loads((folder / f"{key}.json").read_text())["provenance"]
 
 
+def _steps(folder, key):
+    return json.loads((folder / f"{key}.json").read_text())["config"]["steps"]
+
+
+def _rekeyed_then_computed(events):
+    """Re-keyed, a whole replay read (up to the one that failed), then all computed."""
+    assert events[:3] == ["rekey"] * 3 and events[-6:] == ["start", "done"] * 3
+    assert events[3:-6] and set(events[3:-6]) == {"read"}
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="kernels: tested on Linux")
 def test_a_job_computes_rekeys_and_catches_late_changes(job):
     job.code()
     first = job.run()
-    assert len(first) == 2 and job.events() == ["start", "done"] * 2
+    assert len(first) == 3 and job.events() == ["start", "done"] * 3
     assert store.read_manifest(job.folder)["notebooks"] == {"05_toy": sorted(first)}
     assert all(_provenance(job.folder, k)["notebook"] == "05_toy" for k in first)
-    assert job.run() == first and job.events() == ["read", "read"]  # resumes
+    assert job.run() == first and job.events() == ["read"] * 3  # resumes
 
     job.code(doc="Version 2: the docstring explains more.")  # the numbers stay
     second = job.run()
-    # re-keyed after a prefix replay, then read by the whole replay of one of them
-    assert second.isdisjoint(first) and job.events() == ["rekey", "rekey", "read", "read"]
-    checks = {_provenance(job.folder, k)["rekeyed"][-1]["whole_check"] for k in second}
-    assert len(checks) == 1 and checks <= second  # the cheaper run, replayed whole
+    # re-keyed after a prefix replay, then read by the whole replay of one run per length
+    assert second.isdisjoint(first) and job.events() == ["rekey"] * 3 + ["read"] * 3
+    checks = {k: _provenance(job.folder, k)["rekeyed"][-1]["whole_check"] for k in second}
+    assert len(set(checks.values())) == 2 and set(checks.values()) <= second
+    assert all(_steps(job.folder, k) == _steps(job.folder, c) for k, c in checks.items())
     whole = store.read_log(job.logs / "verify-05_toy.jsonl")
-    assert [r["whole"] and r["ok"] for r in whole if r["key"] in checks] == [True]
+    assert sorted(r["key"] for r in whole if r["whole"] and r["ok"]) == sorted(
+        set(checks.values()))
     assert results.prune(job.folder) == sorted(first)
     assert set(store.read_entries(job.folder)) == second
 
     job.code(doc="Version 2: the docstring explains more.", late="0.49")  # after mid-run
     third = job.run()
-    assert job.events() == ["rekey", "rekey", "read", "read"] + ["start", "done"] * 2
+    _rekeyed_then_computed(job.events())
     for key in third:
         assert "rekeyed" not in _provenance(job.folder, key)  # computed, not re-keyed
     assert results.prune(job.folder) == sorted(second)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="kernels: tested on Linux")
+def test_a_change_after_a_short_runs_end_meets_a_whole_replay_of_the_long_runs(job):
+    job.code()
+    first = job.run()
+    job.events()
+    # from step 251 on: the 400-step runs change, the 200-step run (the cheapest) cannot
+    job.code(late="(0.5 if step <= 250 else 0.49)")
+    second = job.run()
+    _rekeyed_then_computed(job.events())
+    assert second.isdisjoint(first)
+    for key in second:
+        assert "rekeyed" not in _provenance(job.folder, key)  # computed, not re-keyed
 
 
 def test_estimates_count_network_steps():
