@@ -592,6 +592,122 @@ def test_net_i_is_a_copy():
     assert not torch.equal(a[:2](x), b[:2](x))
 
 
+# --- settings and corners that the agreement tests above do not reach ----------------------
+
+
+def test_batch_norm_settings_reach_every_net():
+    model = StackedMLP(2, hidden=(6,), norm=True, eps=1e-3, momentum=0.3)
+    assert (model.eps, model.momentum) == (1e-3, 0.3)
+    assert [(m.eps, m.momentum) for m in model.net(1) if isinstance(m, nn.BatchNorm1d)] == [
+        (1e-3, 0.3)]
+    assert "norm=True" in repr(model)
+    for norm in (False, None):
+        assert "norm=False" in repr(StackedMLP(2, hidden=(6,), norm=norm))
+
+
+@pytest.mark.parametrize("name", ["bn", "group norm", "noisy per activation", "layer norm",
+                                  "a layer of ours"])
+def test_a_stack_of_one_net_is_that_net(mnist, name):
+    model = _stack(name, torch.float64, seeds=[7])
+    (alone,) = _alone(name, torch.float64, seeds=[7])
+    assert f"k=1, sizes=(784, {HIDDEN[0]}, {HIDDEN[1]}, 10)" in repr(model)
+    x = mnist[0][:32].double()
+    torch.testing.assert_close(model(x)[0], alone(x), **TOL64)
+    assert_same_net(model.net(0), alone, **TOL64)
+
+
+@pytest.mark.parametrize("name", ["none", "bn", "bn without affine", "group norm",
+                                  "noisy per activation", "a layer of ours"])
+def test_a_stack_holds_k_nets_worth_of_tensors_and_no_more(name):
+    model = _stack(name, torch.float32)
+    one = model.net(0)
+    assert sum(p.numel() for p in model.parameters()) == 3 * sum(
+        p.numel() for p in one.parameters())
+    floats = [b for b in model.buffers() if b.is_floating_point()]
+    assert sum(b.numel() for b in floats) == 3 * sum(
+        b.numel() for b in one.buffers() if b.is_floating_point())
+
+
+def test_batch_norm_without_running_statistics_is_not_plain_batch_norm():
+    model = StackedMLP(2, hidden=(6,), norm=lambda d: nn.BatchNorm1d(d, track_running_stats=False))
+    assert len(model.gamma) == 0 and len(model.norms) == 1
+    assert not any("running" in name for name, _ in model.named_buffers())
+
+
+class _TwiceGroupNorm(norms.GroupNorm):
+    """Group Norm's tensors and settings, another class and output: it must not be taken
+    for a Group Norm and run side by side with one."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_layers_of_different_classes_run_per_net(mnist):
+    kinds = itertools.cycle([partial(norms.GroupNorm, 4), partial(_TwiceGroupNorm, 4)])
+    model = StackedMLP(2, hidden=(8,), norm=lambda d: next(kinds)(d), seeds=[0, 1])
+    assert "side_by_side=False" in repr(model)
+    x = mnist[0][:16]
+    for i in range(2):
+        torch.testing.assert_close(model(x)[i], model.net(i)(x))
+
+
+def test_accuracy_in_chunks_equals_accuracy_at_once(mnist):
+    x, y = mnist[0][:500], mnist[1][:500]
+    model = StackedMLP(3, hidden=(16,), norm=True)
+    train_stacked(model, *mnist, 20, 0.5, progress=False)
+    assert accuracy(model, x, y, batch_size=7).tolist() == accuracy(model, x, y).tolist()
+
+
+def test_one_step_is_a_run():
+    x, y = torch.randn(10, 784), torch.arange(10)
+    log = train_stacked(StackedMLP(2, hidden=(4,)), x, y, 1, 0.1, batch_size=5,
+                        progress=False)
+    assert log["losses"].shape == (1, 2) and log["diverged_step"].tolist() == [-1, -1]
+    assert log["diverged_step"].dtype.kind == "i"
+
+
+def test_a_schedule_with_the_wrong_number_of_factors_is_named(mnist):
+    with pytest.raises(ValueError, match="^schedule must be one number or k=2 numbers, got 3"):
+        train_stacked(StackedMLP(2, hidden=(4,)), *mnist, 3, 0.1,
+                      schedule=lambda t: [1.0, 1.0, 1.0], progress=False)
+
+
+def test_a_loss_equal_to_max_loss_is_not_above_it(mnist):
+    def run(max_loss):
+        model = StackedMLP(2, hidden=(8,), seeds=[0, 1])
+        return train_stacked(model, *mnist, 1, 0.1, max_loss=max_loss, progress=False)
+
+    first = run(None)["losses"][0]
+    assert run(float(first.max()))["diverged"].tolist() == [False, False]
+    assert run(float(first.min()))["diverged"].tolist() == (first > first.min()).tolist()
+
+
+def test_frozen_nets_accumulate_and_momentum_goes_on_for_the_others():
+    torch.manual_seed(0)
+    p = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    ref = p[2].detach().clone().requires_grad_(True)
+    opt, torch_opt = StackedSGD([p], lr=0.1, momentum=0.9), torch.optim.SGD([ref], 0.1, 0.9)
+    opt.freeze([0])
+    opt.freeze(torch.tensor([False, True, False]))
+    assert opt.active.tolist() == [False, False, True]
+    frozen = p[:2].detach().clone()
+    for _ in range(3):
+        g = torch.randn(3, 4, dtype=torch.float64)
+        p.grad, ref.grad = g.clone(), g[2].clone()
+        opt.step()
+        torch_opt.step()
+        torch.testing.assert_close(p[2], ref, rtol=0, atol=1e-15)
+    assert torch.equal(p[:2], frozen)
+
+
+def test_a_parameter_without_a_gradient_leaves_the_others_updated():
+    a, b = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 3, requires_grad=True)
+    opt = StackedSGD([a, b], lr=0.5)
+    b.grad = torch.ones(2, 3)
+    opt.step()
+    assert torch.equal(a, torch.zeros(2, 3)) and torch.equal(b, torch.full((2, 3), -0.5))
+
+
 # --- StackedCNN: k copies of small_cnn, trained as figure3 trains one ---------------------
 
 
@@ -705,3 +821,36 @@ def test_cnn_bad_input_gives_clear_errors():
         model(torch.zeros(4, 3, 28, 28))
     with pytest.raises(ValueError, match=r"got \(4, 784\)"):
         model(torch.zeros(4, 784))
+
+
+def test_cnn_settings_reach_every_net(images):
+    x = images[0][:16]
+    for norm in ("bn", "gn"):
+        model = StackedCNN(2, norm=norm, eps=0.5, momentum=0.3, widths=(4, 8), groups=2,
+                           num_classes=3)
+        nets = [model.net(i) for i in range(2)]
+        logits = model(x)  # training mode: batch statistics, running ones updated
+        assert logits.shape == (2, 16, 3)
+        for i, net in enumerate(nets):
+            torch.testing.assert_close(logits[i], net(x), rtol=1e-4, atol=1e-5)
+            assert_same_net(model.net(i), net)
+    assert "groups=2" in repr(model) and "groups" not in repr(StackedCNN(2, norm="bn"))
+    assert dict(StackedCNN(2, norm="gn").named_buffers()) == {}
+    assert dict(StackedCNN(2).named_buffers()) == {}
+    assert StackedCNN(2, norm="bn").num_batches_tracked.dtype == torch.long
+
+
+def test_cnn_per_net_input_with_several_channels(images):
+    model = StackedCNN(2, norm="bn", in_channels=3, widths=(4, 8))
+    x = torch.randn(2, 5, 3, 12, 12)
+    logits = model.eval()(x)
+    for i in range(2):
+        torch.testing.assert_close(logits[i], model.net(i)(x[i]), rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_dropout_is_off_in_eval_mode(images):
+    model = StackedCNN(2, dropout=0.5, widths=(4, 8)).eval()
+    x = images[0][:8]
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+    for i in range(2):
+        torch.testing.assert_close(model(x)[i], model.net(i)(x), rtol=1e-4, atol=1e-5)

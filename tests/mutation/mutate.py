@@ -1,6 +1,7 @@
 """Mutation testing of the core modules: do their tests notice when the code changes?
 
-Usage: ``python tests/mutation/mutate.py [--jobs 2] [--module bn ...] [--out FILE]`` (``make mutate``).
+Usage: ``python tests/mutation/mutate.py [--jobs 2] [--module bn ...] [--out FILE]`` (``make mutate``);
+``--report`` writes the report from the folders that earlier runs of each module left.
 
 For each module, mutmut (https://github.com/boxed/mutmut) makes many small changes to its
 code, one at a time (an operator swapped, a constant changed, an argument dropped), and
@@ -254,6 +255,31 @@ def _git(*args):
         return "unknown"
 
 
+def report_from_folders(equivalents, out):
+    """The report from the folders that earlier runs left (``--module`` runs done one
+    after another, or a survivor run again after a new test): each module's mutants and
+    statuses are read from its folder, the equivalents from today's list."""
+    import mutmut
+
+    missing = [m for m in MODULES if not (WORK / m / "mutants").is_dir()]
+    if missing:
+        sys.exit(f"no run of {', '.join(missing)} in {WORK}: make mutate MUTATE_ARGS='--module ...'")
+    rows = [results(m, WORK / m, equivalents) for m in MODULES]
+    runs = [WORK / m / "run.json" for m in MODULES]
+    seconds = sum(json.loads(r.read_text())["seconds"] for r in runs if r.exists())
+    info = {"date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "commit": _git("rev-parse", "--short", "HEAD"),
+            "mutmut / Python": f"{mutmut.__version__} / {platform.python_version()}",
+            "time": f"{seconds / 60:.1f} min wall over the modules' runs, {os.cpu_count()} cores"}
+    for r in rows:
+        print(f"{r['module'] + '.py':14s} {r['mutants']:4d} mutants, {r['killed']:4d} killed, "
+              f"{len(r['equivalent']):3d} equivalent, {len(r['gpu_only'])} GPU-only, "
+              f"{len(r['survivors']):3d} survived: score {100 * r['score']:5.1f}%")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report(rows, info))
+    print(f"report: {out}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
@@ -262,6 +288,9 @@ def main():
                         help="only this module (repeatable); default: all")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.md",
                         help="the Markdown report (written only when every module ran)")
+    parser.add_argument("--report", action="store_true",
+                        help="no new run: write the report from every module's folder of "
+                        "earlier runs (each run keeps its folder under _build/mutation)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--show", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -274,6 +303,8 @@ def main():
 
     modules = args.module or list(MODULES)
     equivalents = _load_equivalents()
+    if args.report:
+        return report_from_folders(equivalents, args.out)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BNBOOK_QUICK": "1"}
     start, rows = time.monotonic(), []
     for module in modules:
@@ -288,6 +319,7 @@ def main():
             sys.exit(f"mutmut failed on {module}.py; see {folder / 'mutmut.log'}")
         row = results(module, folder, equivalents)
         rows.append(row)
+        (folder / "run.json").write_text(json.dumps({"seconds": time.monotonic() - t0}))
         print(f"{module + '.py':14s} {row['mutants']:4d} mutants, {row['killed']:4d} killed, "
               f"{len(row['equivalent']):3d} equivalent, {len(row['gpu_only'])} GPU-only, "
               f"{len(row['survivors']):3d} survived: score {100 * row['score']:5.1f}%  "
