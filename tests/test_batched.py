@@ -272,7 +272,8 @@ def test_logs_callback_and_accuracy(mnist):
 
 
 @pytest.mark.parametrize("cut, log_every, logs", [(7, 20, [20]), (20, 20, [20]),
-                                                 (21, 20, [20, 40]), (7, None, [7])])
+                                                 (21, 20, [20, 40]), (7, None, [7]),
+                                                 (1, 1, [1])])
 def test_a_replays_cut_trains_on_to_the_next_log(mnist, cut, log_every, logs):
     """Cut by ``config.step_limit``, a run returns the first logs of the whole run (the
     replay compares them with the stored ones, entry by entry) and the losses of the
@@ -701,11 +702,53 @@ def test_frozen_nets_accumulate_and_momentum_goes_on_for_the_others():
 
 
 def test_a_parameter_without_a_gradient_leaves_the_others_updated():
-    a, b = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 3, requires_grad=True)
+    # and by default no momentum and no weight decay: two steps of plain SGD
+    a, b = torch.zeros(2, 3, requires_grad=True), torch.ones(2, 3, requires_grad=True)
     opt = StackedSGD([a, b], lr=0.5)
-    b.grad = torch.ones(2, 3)
-    opt.step()
-    assert torch.equal(a, torch.zeros(2, 3)) and torch.equal(b, torch.full((2, 3), -0.5))
+    for _ in range(2):
+        b.grad = torch.ones(2, 3)
+        opt.step()
+    assert torch.equal(a, torch.zeros(2, 3)) and torch.equal(b, torch.zeros(2, 3))
+
+
+def test_stacked_sgd_refuses_what_has_no_nets_axis():
+    with pytest.raises(ValueError, match="^StackedSGD got no parameters$"):
+        StackedSGD([], lr=0.1)
+    with pytest.raises(ValueError, match="first dimension"):
+        StackedSGD([torch.zeros(2, 3), torch.tensor(1.0)], lr=0.1)
+
+
+def test_the_callback_gets_the_step_and_may_return_anything(mnist):
+    model = StackedMLP(2, hidden=(4,))
+    log = train_stacked(model, *mnist, 5, 0.1, log_every=2, progress=False,
+                        callback=lambda step, m: step * 10)
+    assert log["callback"] == [20, 40, 50] and log["step"].tolist() == [2, 4, 5]
+    with pytest.raises(ValueError, match="the callback returned the key 'loss', which"):
+        train_stacked(model, *mnist, 2, 0.1, log_every=1, progress=False,
+                      callback=lambda step, m: {"loss": step})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda(mnist):
+    # the device arguments only matter off the CPU: every tensor a run makes stays there
+    cuda = torch.device("cuda")
+    x, y = (t.to(cuda) for t in mnist)
+    for model in (StackedMLP(3, hidden=(16,), norm=True, seeds=[0, 1, 2]),
+                  StackedMLP(3, hidden=(16,), norm=partial(norms.GroupNorm, 4))):
+        model = model.to(cuda)
+        log = train_stacked(model, x, y, 30, [0.1, 1e6, 0.1], data_seeds=[0, 1, 1],
+                            max_loss=50.0, log_every=10, progress=False,
+                            callback=lambda step, m: {"acc": accuracy(m, x[:100], y[:100])})
+        assert log["diverged"].tolist() == [False, True, False]
+        assert log["acc"].shape == (3, 3) and np.isfinite(log["losses"][:, 0]).all()
+        net = model.net(0)
+        assert {t.device.type for t in net.state_dict().values()} == {"cuda"}
+        torch.testing.assert_close(model.eval()(x[:8])[0], net.eval()(x[:8]))
+    cnn = StackedCNN(2, norm="bn", dropout=0.2, widths=(4, 8)).to(cuda)
+    images = x[:64].view(-1, 1, 28, 28)
+    train_stacked(cnn, images, y[:64], 3, 0.1, batch_size=16, progress=False)
+    assert {t.device.type for t in cnn.net(1).state_dict().values()} == {"cuda"}
+    assert accuracy(cnn, images, y[:64]).shape == (2,)
 
 
 # --- StackedCNN: k copies of small_cnn, trained as figure3 trains one ---------------------
