@@ -61,8 +61,8 @@ saying from which key, at which commit, over how many steps, with the largest
 difference. ``make results`` then replays one such entry of each experiment name and
 length in full (``python -m bnutils.results``); if that fails, the name's re-keyed
 entries are deleted and computed again. A change that acts on the numbers from the
-first steps on fails the prefix replay; one that acts only later (a schedule, a final evaluation)
-fails the whole replay of its name; CI replays every entry's prefix and one whole
+first steps on fails the prefix replay; one that acts only later (a schedule, a final
+evaluation) fails the whole replay of its name and length; CI replays every entry's prefix and one whole
 entry per chapter, chosen anew for every commit among those that took at most
 ``WHOLE_MAX_SECONDS``; ``make replay`` replays every entry whole.
 """
