@@ -711,6 +711,42 @@ def test_a_parameter_without_a_gradient_leaves_the_others_updated():
     assert torch.equal(a, torch.zeros(2, 3)) and torch.equal(b, torch.zeros(2, 3))
 
 
+def test_stacked_sgd_is_torch_sgd_to_the_bit_in_float32():
+    # the rates in the parameters' precision, as torch.optim.SGD passes them to its kernels
+    torch.manual_seed(0)
+    p = torch.randn(2, 5, requires_grad=True)
+    refs = [p[i].detach().clone().requires_grad_(True) for i in range(2)]
+    opt = StackedSGD([p], lr=[0.1, 0.3], momentum=[0.9, 0.7], weight_decay=[1e-3, 3e-2])
+    torch_opts = [torch.optim.SGD([r], lr, m, weight_decay=wd)
+                  for r, lr, m, wd in zip(refs, [0.1, 0.3], [0.9, 0.7], [1e-3, 3e-2],
+                                          strict=True)]
+    for _ in range(3):
+        g = torch.randn(2, 5)
+        p.grad = g.clone()
+        opt.step()
+        for i, (r, o) in enumerate(zip(refs, torch_opts, strict=True)):
+            r.grad = g[i].clone()
+            o.step()
+            assert torch.equal(p[i], r)
+
+
+def test_stacked_sgd_settings_per_net_and_their_bounds():
+    p = torch.zeros(2, 3, requires_grad=True)
+    StackedSGD([p], lr=[0.0, 0.1])  # a rate of 0: a net that does not move
+    for name in ("momentum", "weight_decay"):
+        with pytest.raises(ValueError, match=f"^{name} must be one number or k=2 numbers"):
+            StackedSGD([p], lr=0.1, **{name: [0.1, 0.2, 0.3]})
+        with pytest.raises(ValueError, match="^momentum and weight_decay must be >= 0$"):
+            StackedSGD([p], lr=0.1, **{name: [0.1, -0.2]})
+
+
+def test_batches_of_one_and_of_the_whole_set():
+    for size in (1, 10):
+        stream = _IndexStream(10, size, [0, 1], "cpu")
+        epoch = torch.cat([next(stream) for _ in range(10 // size)], dim=1)
+        assert epoch.shape == (2, 10) and (epoch.sort(1).values == torch.arange(10)).all()
+
+
 def test_stacked_sgd_refuses_what_has_no_nets_axis():
     with pytest.raises(ValueError, match="^StackedSGD got no parameters$"):
         StackedSGD([], lr=0.1)
