@@ -747,6 +747,11 @@ def test_batches_of_one_and_of_the_whole_set():
         assert epoch.shape == (2, 10) and (epoch.sort(1).values == torch.arange(10)).all()
 
 
+def test_a_number_is_no_batch():
+    with pytest.raises(ValueError, match=r"x must be \(B, 784\) or \(k=2, B, 784\), got \(\)"):
+        StackedMLP(2, hidden=(4,))(torch.tensor(1.0))
+
+
 def test_stacked_sgd_refuses_what_has_no_nets_axis():
     with pytest.raises(ValueError, match="^StackedSGD got no parameters$"):
         StackedSGD([], lr=0.1)
