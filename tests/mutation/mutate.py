@@ -49,7 +49,7 @@ EQUIVALENT = SCRIPT.with_name("equivalent.toml")
 MODULES = {
     "bn": ["test_bn_forward.py", "test_bn_backward.py", "test_properties.py"],
     "layers": ["test_layers.py", "test_bn_backward.py", "test_properties.py"],
-    "cache": ["test_cache.py"],
+    "cache": ["test_cache.py", "test_store.py"],  # the store is reached through train_or_load
     "inference": ["test_inference.py"],
     "norms": ["test_norms.py", "test_properties.py"],
     "batched": ["test_batched.py"],
@@ -240,7 +240,8 @@ def report(rows, info):
     if gpu_only:
         lines += ["", "### Mutants that only a GPU can kill", "",
                   "Behaviour changes that a machine without CUDA cannot show; "
-                  "`tests/test_layers.py::test_on_cuda` kills them where a GPU is present.", "",
+                  "the `test_on_cuda` tests of `test_layers.py` and `test_batched.py` kill them "
+                  "where a GPU is present.", "",
                   "| module | function | code | mutant | what changes |", "|---|---|---|---|---|"]
         lines += [f"| {m} | `{e['function']}` | {_code(e['original'])} | {_code(e['mutant'])} | "
                   f"{e['reason']} |" for m, e in gpu_only]
