@@ -62,6 +62,18 @@ def _assert_statistics(got, expected):
 # --- Algorithm 2 ------------------------------------------------------------------------
 
 
+def test_population_statistics_shuffles_with_seed_0_by_default():
+    net, x = _net(), torch.randn(40, 6) * 2 + 1
+    default, zero = population_statistics(net, x, 8), population_statistics(net, x, 8, seed=0)
+    other = population_statistics(net, x, 8, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(_flat(default), _flat(zero), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(_flat(default), _flat(other), strict=True))
+
+
+def _flat(stats):
+    return [t for value in stats.values() for t in value]
+
+
 def test_population_statistics_is_algorithm_2():
     net, x, m = _net(), torch.randn(100, 6) * 2 + 1, 8
     before = {k: v.clone() for k, v in net.state_dict().items()}

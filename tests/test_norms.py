@@ -364,3 +364,20 @@ def test_noisy_batch_norm_moves_the_batch_statistics():
         assert var.min() > 0.9 and var.max() < 4.3 and var.max() > 3.0
     torch.testing.assert_close(means[0], means[1], rtol=0, atol=0.1)  # the same draws
     assert not torch.equal(NoisyBatchNorm1d(5, seed=1)(x[:, :5]), NoisyBatchNorm1d(5, seed=2)(x[:, :5]))
+
+
+def test_noisy_batch_norm_defaults_are_santurkar_et_al_s():
+    layer = NoisyBatchNorm1d(3)
+    assert (layer.a, layer.v, layer.per_example) == (1.0, 4.0, False)
+    # seed 0 by default: the draws of NoisyBatchNorm1d(3, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(layer.draw((2, 3)),
+                                                  NoisyBatchNorm1d(3, seed=0).draw((2, 3)),
+                                                  strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_noisy_batch_norm_on_cuda():
+    # the noise is drawn on the CPU (the layer's generator) and moved to the activations
+    for per_example in (False, True):
+        layer = NoisyBatchNorm1d(4, per_example=per_example).cuda()
+        assert layer(torch.randn(8, 4, device="cuda")).device.type == "cuda"

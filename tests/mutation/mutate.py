@@ -123,9 +123,11 @@ def prepare(module):
     tests += [ROOT / "tests" / "conftest.py"] if (ROOT / "tests" / "conftest.py").exists() else []
     for path in tests:
         shutil.copy(path, folder / "tests")
+    shutil.copy(ROOT / "_config.yml", folder)  # test_store reads the book's repository
     (folder / "pyproject.toml").write_text(
         "[tool.mutmut]\n"
         'source_paths = ["bnutils"]\n'
+        'also_copy = ["_config.yml"]\n'
         f'only_mutate = ["bnutils/{module}.py"]\n'
         'pytest_add_cli_args_test_selection = ["tests"]\n'
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
