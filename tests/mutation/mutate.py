@@ -258,26 +258,36 @@ def _git(*args):
         return "unknown"
 
 
+def _summary(row):
+    """One module's counts and score, on one line."""
+    return (f"{row['module'] + '.py':14s} {row['mutants']:4d} mutants, {row['killed']:4d} killed, "
+            f"{len(row['equivalent']):3d} equivalent, {len(row['gpu_only'])} GPU-only, "
+            f"{len(row['survivors']):3d} survived: score {100 * row['score']:5.1f}%")
+
+
+def _info(time_text):
+    """The report's header: date, commit, versions and how long the runs took."""
+    import mutmut
+
+    return {"date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "commit": _git("rev-parse", "--short", "HEAD"),
+            "mutmut / Python": f"{mutmut.__version__} / {platform.python_version()}",
+            "time": time_text}
+
+
 def report_from_folders(equivalents, out):
     """The report from the folders that earlier runs left (``--module`` runs done one
     after another, or a survivor run again after a new test): each module's mutants and
     statuses are read from its folder, the equivalents from today's list."""
-    import mutmut
-
     missing = [m for m in MODULES if not (WORK / m / "mutants").is_dir()]
     if missing:
         sys.exit(f"no run of {', '.join(missing)} in {WORK}: make mutate MUTATE_ARGS='--module ...'")
     rows = [results(m, WORK / m, equivalents) for m in MODULES]
     runs = [WORK / m / "run.json" for m in MODULES]
     seconds = sum(json.loads(r.read_text())["seconds"] for r in runs if r.exists())
-    info = {"date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "commit": _git("rev-parse", "--short", "HEAD"),
-            "mutmut / Python": f"{mutmut.__version__} / {platform.python_version()}",
-            "time": f"{seconds / 60:.1f} min wall over the modules' runs, {os.cpu_count()} cores"}
+    info = _info(f"{seconds / 60:.1f} min wall over the modules' runs, {os.cpu_count()} cores")
     for r in rows:
-        print(f"{r['module'] + '.py':14s} {r['mutants']:4d} mutants, {r['killed']:4d} killed, "
-              f"{len(r['equivalent']):3d} equivalent, {len(r['gpu_only'])} GPU-only, "
-              f"{len(r['survivors']):3d} survived: score {100 * r['score']:5.1f}%")
+        print(_summary(r))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report(rows, info))
     print(f"report: {out}")
@@ -302,8 +312,6 @@ def main():
     if args.show:
         return show(args.show)
 
-    import mutmut
-
     modules = args.module or list(MODULES)
     equivalents = _load_equivalents()
     if args.report:
@@ -323,21 +331,15 @@ def main():
         row = results(module, folder, equivalents)
         rows.append(row)
         (folder / "run.json").write_text(json.dumps({"seconds": time.monotonic() - t0}))
-        print(f"{module + '.py':14s} {row['mutants']:4d} mutants, {row['killed']:4d} killed, "
-              f"{len(row['equivalent']):3d} equivalent, {len(row['gpu_only'])} GPU-only, "
-              f"{len(row['survivors']):3d} survived: score {100 * row['score']:5.1f}%  "
-              f"({time.monotonic() - t0:.0f} s)", flush=True)
+        print(f"{_summary(row)}  ({time.monotonic() - t0:.0f} s)", flush=True)
         for s in row["survivors"]:
             print(f"    {s['status']:9s} {s['function']}: {s['original']}  ->  {s['mutant']}")
     wall = time.monotonic() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
     print(f"total: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU, {args.jobs} parallel job(s)")
-    info = {"date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "commit": _git("rev-parse", "--short", "HEAD"),
-            "mutmut / Python": f"{mutmut.__version__} / {platform.python_version()}",
-            "time": f"{wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU, "
-                    f"{args.jobs} parallel job(s), {os.cpu_count()} cores"}
+    info = _info(f"{wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU, "
+                 f"{args.jobs} parallel job(s), {os.cpu_count()} cores")
     (WORK / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     if set(modules) != set(MODULES):
         print(f"(report not written: only {', '.join(modules)} ran)")
