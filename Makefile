@@ -44,7 +44,7 @@ test: $(STAMP)
 	touch _build/.book-inputs
 	$(REPLAY) BNBOOK_STORE_LOGS=$(CURDIR)/_build/store/logs $(PY) -m pytest \
 		tests/test_store_build.py tests/test_outputs.py
-	BNBOOK_HTML=_build/html $(PY) -m pytest tests/browser
+	BNBOOK_HTML=_build/html $(PY) -m pytest -n 2 --dist loadfile tests/browser
 
 # The results store (results/, bnutils/store.py). `make results` executes the chapter
 # notebooks in full mode and computes, one worker per core, the runs the store lacks or
