@@ -4,7 +4,8 @@
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-JB      := $(VENV)/bin/jupyter-book
+# jupyter-book, with the chapters executed side by side, one per core (book/build.py)
+JB      := $(PY) book/build.py
 # torch is installed only where the environment lacks it, and pinned: an unpinned
 # torch can pull a multi-GB CUDA build. Override, e.g. TORCH="torch --index-url URL".
 TORCH   ?= torch==2.13.0

@@ -177,7 +177,7 @@ def test_builds_and_tests_ask_for_summary_lines(target):
     dry = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout.replace("\\\n", " ")
     executing = [line for line in dry.splitlines()
-                 if "jupyter-book build" in line or "--nbval" in line]
+                 if "book/build.py build" in line or "--nbval" in line]
     assert executing, dry
     assert all("BNBOOK_PROGRESS=summary" in line for line in executing), executing
 

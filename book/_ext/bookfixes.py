@@ -3,7 +3,16 @@
 sphinx-thebe 0.3.1 adds its inline configuration script twice on every notebook page;
 the second copy (file name ``''`` instead of ``None``) redeclares ``const THEBE_JS_URL``
 and throws. Keep each script once.
+
+Three extensions that Jupyter Book loads do not declare whether Sphinx may read pages
+in parallel (``book/build.py``), so Sphinx reads serially and warns. They may:
+sphinx-multitoc-numbering 0.1.3 only replaces the section numbering, which runs once
+after every page is read; sphinx-mathjax-offline 0.0.2 copies MathJax when the build
+ends; sphinx-jupyterbook-latex's transforms change each page's own tree and keep no
+state across pages (the rest of it acts for the LaTeX builder only).
 """
+
+PARALLEL_SAFE = ("sphinx_multitoc_numbering", "sphinx-mathjax-offline", "sphinx_jupyterbook_latex")
 
 
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
@@ -20,6 +29,13 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     context["script_files"] = unique
 
 
+def _declare_parallel_safe(app, config):
+    for name in PARALLEL_SAFE:
+        if name in app.extensions and app.extensions[name].parallel_read_safe is None:
+            app.extensions[name].parallel_read_safe = True
+
+
 def setup(app):
+    app.connect("config-inited", _declare_parallel_safe)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
