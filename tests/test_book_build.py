@@ -1,15 +1,36 @@
 """book/build.py: the book's build, with the chapters executed side by side."""
 
+import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+build = runpy.run_path(str(ROOT / "book" / "build.py"))  # not as __main__: patches nothing
+
+# Sphinx set up with the book's configuration, in a fresh interpreter (sphinx-external-toc
+# walks every object of the process, and one of a test process's can be a dead weakref)
+PARALLEL = """
+import json, sys, tempfile
+from pathlib import Path
 from jupyter_book.config import get_final_config
 from sphinx.application import Sphinx
 from sphinx.util.docutils import docutils_namespace, patch_docutils
-
-ROOT = Path(__file__).resolve().parents[1]
-build = runpy.run_path(str(ROOT / "book" / "build.py"))  # not as __main__: patches nothing
+root, out = Path.cwd(), tempfile.mkdtemp()
+sys.path.insert(0, str(root / "book" / "_ext"))
+config, _ = get_final_config(user_yaml=root / "_config.yml", sourcedir=root,
+                             cli_config={"latex_individualpages": False},
+                             use_external_toc=True)
+with patch_docutils(str(root)), docutils_namespace():
+    app = Sphinx(srcdir=str(root), confdir=None, outdir=out + "/html",
+                 doctreedir=out + "/doctrees", buildername="html", confoverrides=config,
+                 status=None, warning=sys.stderr, parallel=2)
+    print(json.dumps({
+        "unsafe": [name for name, ext in app.extensions.items()
+                   if not (ext.parallel_read_safe and ext.parallel_write_safe)],
+        "allowed": app.is_parallel_allowed("read") and app.is_parallel_allowed("write")}))
+"""
 
 
 def test_one_page_per_task_the_last_first():
@@ -17,20 +38,12 @@ def test_one_page_per_task_the_last_first():
     assert build["one_page_each"](pages, 2) == [[p] for p in reversed(pages)]
 
 
-def test_the_books_extensions_allow_reading_in_parallel(tmp_path, monkeypatch):
+def test_the_books_extensions_allow_reading_in_parallel():
     """Every extension the book loads may read pages in parallel (bookfixes declares
     the three that do not say): otherwise Sphinx reads serially, `make test` (-W)
     fails on its warning and `make book` is slow."""
-    monkeypatch.chdir(ROOT)
-    monkeypatch.syspath_prepend(str(ROOT / "book" / "_ext"))
-    config, _ = get_final_config(user_yaml=ROOT / "_config.yml", sourcedir=ROOT,
-                                 cli_config={"latex_individualpages": False},
-                                 use_external_toc=True)
-    with patch_docutils(str(ROOT)), docutils_namespace():
-        app = Sphinx(srcdir=str(ROOT), confdir=None, outdir=str(tmp_path / "html"),
-                     doctreedir=str(tmp_path / "doctrees"), buildername="html",
-                     confoverrides=config, status=None, warning=sys.stderr, parallel=2)
-        unsafe = [name for name, ext in app.extensions.items()
-                  if ext.parallel_read_safe is not True or ext.parallel_write_safe is not True]
-        assert not unsafe, unsafe
-        assert app.is_parallel_allowed("read") and app.is_parallel_allowed("write")
+    done = subprocess.run([sys.executable, "-c", PARALLEL], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found == {"unsafe": [], "allowed": True}, (found, done.stderr)
