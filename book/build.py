@@ -6,11 +6,11 @@ processes, but Jupyter Book's command line does not pass its ``-j``, and Sphinx 
 hand each worker ``pages // workers`` pages in a row (all the long chapters to one).
 This runs that command line with a worker per core, one page at a time, the last
 pages first: the later chapters replay the longest runs, and one of them started
-last would finish alone. Each notebook's kernel gets a core's share of threads (two
-kernels with two OpenMP threads each on two cores spin against each other and run
-many times slower); a replay still runs on as many threads as its entry records
-(``bnutils.store``), and ``OMP_WAIT_POLICY=PASSIVE`` keeps its idle threads asleep.
-The executed notebooks and the pages are those of a serial build.
+last would finish alone. Each notebook's kernel runs on one OpenMP thread unless
+``OMP_NUM_THREADS`` says otherwise (two kernels with two spinning OpenMP threads each
+on two cores run many times slower); a replay still runs on as many threads as its
+entry records (``bnutils.store``), so the stored numbers on the pages do not change,
+and ``OMP_WAIT_POLICY=PASSIVE`` keeps its idle threads asleep.
 
 Usage, as ``jupyter-book``: ``python book/build.py build . --all``.
 """
