@@ -446,9 +446,10 @@ def replay(fn, config, stored, whole=False, like=None, fall_back=True):
     spans two numerics classes (see ``TOLERANCE``).
     Returns a report: ``ok``, ``whole``, ``steps`` (the prefix; None when whole),
     ``compared`` (values matched), ``series`` (of those, logged series), ``trained``
-    (series that reach past their first entry), ``max_diff`` (the largest absolute
-    difference), ``problems`` (what did not match) and ``seconds``. Nothing is read
-    from or written to the store or the cache meanwhile.
+    (series that reach past their first entry; all of them when the run logs no step
+    at 0, since their first entry then follows some training), ``max_diff`` (the
+    largest absolute difference), ``problems`` (what did not match) and ``seconds``.
+    Nothing is read from or written to the store or the cache meanwhile.
     """
     like = like or {}
     if like.get("numerics") and like["numerics"] != numerics():
@@ -538,11 +539,31 @@ def _find_steps(tree):
 def compare(replayed, stored, whole):
     """Match a replayed result against a stored one (see the module's docstring).
 
-    Returns ``{"compared", "series", "max_diff", "problems"}``.
+    Returns ``{"compared", "series", "trained", "max_diff", "problems"}`` (see
+    ``replay``).
     """
     found = {"compared": 0, "series": 0, "trained": 0, "max_diff": 0.0, "problems": []}
     _compare(replayed, stored, whole, "", found)
+    if found["series"] and not found["trained"] and _logs_after_start(replayed):
+        found["trained"] = found["series"]  # its one log already follows some training
     return found
+
+
+def _logs_after_start(tree):
+    """Whether ``tree`` logs steps (``step``, ``*_step``) and none at step 0 or before:
+    then a series' first entry holds a trained state, not the one before training."""
+    steps = list(_step_arrays(tree))
+    return bool(steps) and all(s.size and s.min() > 0 for s in steps)
+
+
+def _step_arrays(tree):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _step_arrays(value)
+        elif key == "step" or key.endswith("_step"):
+            value = np.asarray(value)
+            if value.dtype.kind in "iu":
+                yield value
 
 
 def _compare(new, old, whole, path, found):
@@ -588,7 +609,7 @@ def _compare(new, old, whole, path, found):
         return
     _match(a, np.take(b, range(a.shape[axes[0]]), axis=axes[0]), path, found)
     found["series"] += 1
-    found["trained"] += a.shape[axes[0]] > 1  # more than the state before training
+    found["trained"] += a.shape[axes[0]] > 1  # more than its first log (see compare)
 
 
 def _match(a, b, path, found):

@@ -488,6 +488,35 @@ def test_a_run_cut_before_its_first_log_is_replayed_up_to_it():
     assert report["ok"] and report["whole"]
 
 
+def _late_logs(steps):
+    """Logs every 60 steps from step 60 on, never at step 0, one row per batch size as
+    chapter 9 does (``curve_step``); cut by a replay, it trains on to its next log, as
+    train_stacked does."""
+    done = sum(1 for _ in bnutils.progress(range(steps), disable=True))
+    logged = np.arange(60, min(steps, -(-done // 60) * 60) + 1, 60)
+    return {"curve_step": np.stack([logged, logged]),
+            "acc_curve": np.stack([logged * 0.5, logged * 0.25])[..., None],
+            "acc": np.array([steps * 0.5, steps * 0.25])}
+
+
+def test_a_run_whose_first_log_follows_training_is_checked_by_its_first_log():
+    config = {"steps": 600}
+    stored = _late_logs(**config)
+    report = store.replay(_late_logs, config, stored, fall_back=False)
+    assert report["ok"] and "skipped" not in report and not report["whole"]
+    assert report["steps"] == store.REPLAY_STEPS and report["series"] == 2
+    assert report["trained"] == 2  # curve_step and acc_curve, one log each: step 60
+    wrong = {**stored, "acc_curve": stored["acc_curve"] + np.eye(10)[0][None, :, None]}
+    assert store.replay(_late_logs, config, wrong, fall_back=False)["problems"]
+    # the same single log at step 0 holds the state before training: nothing trained
+    at_start = {"step": np.array([0]), "w": np.zeros(1)}
+    both = {"step": np.array([0, 60]), "w": np.zeros(2)}
+    assert store.compare(at_start, both, whole=False)["trained"] == 0
+    assert store.compare({"step": np.array([60]), "w": np.zeros(1)},
+                         {"step": np.array([60, 120]), "w": np.zeros(2)},
+                         whole=False)["trained"] == 2
+
+
 def test_prefix_steps_follow_the_logged_steps():
     n = store.REPLAY_STEPS
     logged = np.array([0, 0.6, 1.2, 1.8, 2.4, 3.0]) * n
