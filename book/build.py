@@ -31,11 +31,41 @@ def one_page_each(docnames, nproc, maxbatch=None):
     return [[name] for name in reversed(docnames)]
 
 
-if __name__ == "__main__":
+def with_jobs(build_sphinx, calls):
+    """``build_sphinx`` with a worker per core; each call is counted in ``calls``."""
+
+    @functools.wraps(build_sphinx)
+    def build(*args, **kwargs):
+        calls.append(kwargs)
+        return build_sphinx(*args, **{"jobs": JOBS, **kwargs})
+
+    return build
+
+
+def run(argv):
+    """Jupyter Book's command line on ``argv``, its Sphinx build with a worker per core.
+
+    Returns the exit status. A build that did not go through the patched
+    ``build_sphinx`` fails here (it would have read the pages one after another)."""
     assert hasattr(sphinx.builders, "make_chunks"), "Sphinx no longer splits pages there"
     sphinx.builders.make_chunks = one_page_each
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    jupyter_book.sphinx.build_sphinx = functools.partial(jupyter_book.sphinx.build_sphinx,
-                                                         jobs=JOBS)
-    sys.exit(main())
+    calls = []
+    jupyter_book.sphinx.build_sphinx = with_jobs(jupyter_book.sphinx.build_sphinx, calls)
+    try:
+        main(argv)
+    except SystemExit as done:
+        status = done.code
+    else:
+        status = 0
+    if status in (0, None) and argv[:1] == ["build"] and "--help" not in argv and not calls:
+        print("book/build.py: Jupyter Book no longer builds through "
+              "jupyter_book.sphinx.build_sphinx, so the pages were read one after "
+              "another: update book/build.py", file=sys.stderr)
+        return 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

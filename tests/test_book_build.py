@@ -47,3 +47,37 @@ def test_the_books_extensions_allow_reading_in_parallel():
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found == {"unsafe": [], "allowed": True}, (found, done.stderr)
+
+
+def _run_with(monkeypatch, main):
+    """``build.py``'s ``run`` with Jupyter Book's command line replaced by ``main``;
+    what it patches is restored afterwards."""
+    import jupyter_book.sphinx
+    import sphinx.builders
+
+    built = []
+    monkeypatch.setattr(jupyter_book.sphinx, "build_sphinx",
+                        lambda *args, **kwargs: built.append(kwargs))
+    monkeypatch.setattr(sphinx.builders, "make_chunks", sphinx.builders.make_chunks)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setitem(build["run"].__globals__, "main", main)
+    return build["run"](["build", "."]), built
+
+
+def test_a_build_that_bypasses_the_workers_fails(monkeypatch, capsys):
+    import jupyter_book.sphinx
+
+    def through_build_sphinx(argv):  # as Jupyter Book 1.x does, at call time
+        jupyter_book.sphinx.build_sphinx("src", "out")
+        raise SystemExit(0)
+
+    status, built = _run_with(monkeypatch, through_build_sphinx)
+    assert status == 0 and built == [{"jobs": build["JOBS"]}]
+
+    def bypassing(argv):  # a Jupyter Book that imported build_sphinx before the patch
+        raise SystemExit(0)
+
+    status, built = _run_with(monkeypatch, bypassing)
+    assert status == 1 and built == []
+    assert "one after another" in capsys.readouterr().err
