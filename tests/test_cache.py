@@ -185,6 +185,23 @@ def test_incomplete_or_damaged_files_are_computed_again(tmp_path, capsys, damage
     assert len(CALLS) == 3  # repaired: loaded from now on
 
 
+def test_why_a_result_is_computed_again_is_said_unless_told_not_to(tmp_path, capsys):
+    cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path)
+    (npz,) = tmp_path.glob("exp-*.npz")
+    for verbose, said in ((True, True), (None, True), (False, False)):
+        npz.with_suffix(".json").unlink()
+        capsys.readouterr()
+        cache.train_or_load("exp", {"steps": 2, "lr": 0.1}, _experiment, root=tmp_path,
+                            verbose=verbose)
+        out = capsys.readouterr().out
+        assert ("again: only one of its two files exists" in out) is said, (verbose, out)
+
+
+def test_line_endings_do_not_change_a_code_digest():
+    assert cache._text_digest("x = 1\r\ny = 2\r\n") == cache._text_digest("x = 1\ny = 2\n")
+    assert cache._text_digest("x = 1\n") != cache._text_digest("x = 2\n")
+
+
 # --- refusing what cannot be keyed or stored ------------------------------------------
 
 
@@ -1226,3 +1243,34 @@ def test_keys_are_the_same_in_another_process_checkout_and_hash_seed(tmp_path):
     assert outputs[0][0] == str(Path(bnutils.__file__))
     assert outputs[1][0] == str(copy / "bnutils" / "__init__.py")
     assert outputs[0][1:] == outputs[1][1:]
+
+
+# --- values of a module whose source is part of the key (sourced) -----------------------
+
+_ENCODER = json.JSONEncoder()
+
+
+@pytest.mark.parametrize("value, described", [
+    (np.exp, None),  # a library callable by name
+    (len, None),  # a builtin
+    (json.dumps, None),  # a library function
+    (functools.partial(json.dumps, indent=1), {"__partial__": [None, None, None]}),
+    (functools.lru_cache(json.dumps),
+     {"__wraps__": ["functools._lru_cache_wrapper", None]}),
+    (_ENCODER.encode, {"__method__": [None, None]}),
+])
+def test_a_sourced_value_adds_no_library_code_or_data_to_a_key(value, described):
+    """A module-level value of a module whose text is in the key: the library code and
+    the data it refers to are named by that text already, and a library's internals
+    must not move a key (only our code and the run's data do)."""
+    assert cache._Describer()(value, sourced=True) == described
+    assert cache._Describer()(value) not in (None, described)  # unsourced: described
+
+
+def _uses_numpy(x):
+    return np.exp(x) + np.float64(1.0)
+
+
+def test_attributes_read_from_a_library_module_are_not_listed():
+    described = cache._Describer()(_uses_numpy)
+    assert set(described["globals"]) == {"np"}  # no "np.*": numpy is not followed

@@ -117,6 +117,19 @@ def _compute_into_store(book, monkeypatch, module, cfg=CONFIG, notebook="05_mnis
 # --- modes and lookup -----------------------------------------------------------------
 
 
+def test_where_a_result_came_from_is_said_only_when_asked(book, monkeypatch, capsys):
+    module = book.experiment()
+    monkeypatch.setenv(config.TRAIN_ENV, "store")
+    cache.train_or_load("toy", dict(CONFIG), module.train, verbose=True)
+    assert "toy: computed into the store (results/toy-" in capsys.readouterr().out
+    monkeypatch.delenv(config.TRAIN_ENV)  # a learner: told why nothing trained
+    cache.train_or_load("toy", dict(CONFIG), module.train, verbose=True)
+    out = capsys.readouterr().out
+    assert "toy: the book's stored result (results/toy-" in out and "change a setting" in out
+    cache.train_or_load("toy", dict(CONFIG), module.train, verbose=False)
+    assert "toy:" not in capsys.readouterr().out
+
+
 def test_store_mode_writes_an_entry_with_its_provenance(book, monkeypatch):
     module = book.experiment()
     first = _compute_into_store(book, monkeypatch, module)
@@ -129,6 +142,7 @@ def test_store_mode_writes_an_entry_with_its_provenance(book, monkeypatch):
     assert prov["seconds"] > 0 and prov["threads"] >= 1 and prov["date"].startswith("20")
     assert prov["device"] == "cpu" and prov["machine"]
     assert doc["name"] == "toy" and doc["config"] == CONFIG
+    assert doc["code"] == cache.code_version(module.train)
     assert [r["event"] for r in book.logs("job")] == ["start", "done"]
     assert book.logs("reads")[0]["key"] == key
     assert not book.cache.exists()  # the store, not the local cache
