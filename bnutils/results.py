@@ -109,21 +109,33 @@ def measure_rates(steps=60, device=None):
 GRID = ("lrs", "init_stds", "seeds", "scales", "rates", "nets", "batch_sizes", "momenta")
 
 
+def _steps_per_size(steps, sizes):
+    """``steps`` when it lists one length per batch size, else None."""
+    if (isinstance(steps, list) and isinstance(sizes, list) and len(steps) == len(sizes)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)):
+        return steps
+    return None
+
+
 def estimate(name, config):
     """``(kind, network-steps)`` of a run from its name and configuration, or None.
 
     ``kind`` is the rate that applies (``measure_rates``): ``cnn`` for chapter 6 and 7's
     CNN runs, ``mlp`` for the rest. The count is ``steps`` times the sizes of the grid
     arguments the configuration lists (rates, seeds, scales, ...), twice for Figure 1's
-    two stacks. A rough guide for runs no previous computation has timed.
+    two stacks; where ``steps`` lists a length per batch size, their sum times the other
+    grid arguments. A rough guide for runs no previous computation has timed.
     """
     steps = config.get("steps")
-    if not isinstance(steps, int) or isinstance(steps, bool):
+    per_size = _steps_per_size(steps, config.get("batch_sizes"))
+    if per_size is None and (not isinstance(steps, int) or isinstance(steps, bool)):
         return None
     nets = 1
     for arg in GRID:
-        if isinstance(config.get(arg), list):
+        if isinstance(config.get(arg), list) and not (per_size and arg == "batch_sizes"):
             nets *= max(1, len(config[arg]))
+    if per_size:  # chapter 9 at equal examples: each batch size its own length
+        steps = sum(per_size)
     if name.startswith("figure1"):
         nets *= 2  # without and with BN
     kind = "cnn" if re.match(r"(figure3|cnn)-", name) else "mlp"

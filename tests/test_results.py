@@ -119,6 +119,9 @@ def test_estimates_count_network_steps():
     assert results.estimate("figure3-bn", {"steps": 4000, "seed": 1}) == ("cnn", 4000)
     assert results.estimate("cnn-variant", {"steps": 10, "seeds": [0]}) == ("cnn", 10)
     assert results.estimate("ch01_whitening_cost", {"dims": [16, 32]}) is None
+    per_size = {"batch_sizes": [2, 4], "steps": [400, 200], "seeds": [0, 1, 2]}
+    assert results.estimate("ch09-epochs-bn-v3", per_size) == ("mlp", 1800)
+    assert results.estimate("x", {**per_size, "steps": [400]}) is None  # not one per size
 
 
 def test_the_plan_scales_recorded_times_by_the_rates(tmp_path):
