@@ -98,7 +98,8 @@ bench: $(STAMP)
 # Mutation testing (tests/mutation/mutate.py): do the tests of bn, layers, cache, inference,
 # norms and batched notice small changes to their code? Minutes of CPU, so not part of
 # `make test`; it needs mutmut (requirements-mutate.txt) and writes
-# benchmarks/results/mutation.md, which the benchmarks appendix shows. One module: make mutate MUTATE_ARGS="--module bn".
+# benchmarks/results/mutation.md, which the benchmarks appendix shows. One module again
+# (its row updated, the others kept while current): make mutate MUTATE_ARGS="--module bn".
 mutate: $(STAMP)
 	$(PY) -m pip install -q -r requirements-mutate.txt
 	$(PY) tests/mutation/mutate.py $(MUTATE_ARGS)

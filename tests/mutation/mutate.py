@@ -1,7 +1,11 @@
 """Mutation testing of the core modules: do their tests notice when the code changes?
 
 Usage: ``python tests/mutation/mutate.py [--jobs 2] [--module bn ...] [--out FILE]`` (``make mutate``);
-``--report`` writes the report from the folders that earlier runs of each module left.
+a run of some modules (``--module cache``) updates their rows of the report, the other rows
+coming from the folders that earlier runs left; ``--report`` writes the report from those
+folders alone. A folder whose run no longer matches the tree (its module, its test files,
+or a module of ``bnutils`` that its tests load, changed since) is refused, with the command
+that runs it again.
 
 For each module, mutmut (https://github.com/boxed/mutmut) makes many small changes to its
 code, one at a time (an operator swapped, a constant changed, an argument dropped), and
@@ -258,6 +262,11 @@ def _git(*args):
         return "unknown"
 
 
+def _commit():
+    """The checked-out commit, marked ``-dirty`` when the tree has uncommitted changes."""
+    return _git("describe", "--always", "--dirty", "--abbrev=7")
+
+
 def _summary(row):
     """One module's counts and score, on one line."""
     return (f"{row['module'] + '.py':14s} {row['mutants']:4d} mutants, {row['killed']:4d} killed, "
@@ -270,22 +279,86 @@ def _info(time_text):
     import mutmut
 
     return {"date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            "commit": _git("rev-parse", "--short", "HEAD"),
+            "commit": _commit(),
             "mutmut / Python": f"{mutmut.__version__} / {platform.python_version()}",
             "time": time_text}
+
+
+def changed_since(folder, root=ROOT):
+    """The Python files of ``bnutils`` and of the tests that differ between the copies a
+    module's run made in ``folder`` and the tree at ``root`` (or exist in only one)."""
+    changed = []
+    for part, pattern in (("bnutils", "**/*.py"), ("tests", "*.py")):
+        ours = {p.relative_to(root) for p in (root / part).glob(pattern)
+                if "__pycache__" not in p.parts}
+        theirs = {p.relative_to(folder) for p in (folder / part).glob(pattern)
+                  if "__pycache__" not in p.parts}
+        if part == "tests":  # the run copied only the module's own test files
+            ours &= theirs
+        changed += [p for p in ours ^ theirs]
+        changed += [p for p in ours & theirs
+                    if (root / p).read_bytes() != (folder / p).read_bytes()]
+    return sorted(str(p) for p in changed)
+
+
+def loaded_modules(folder, tests):
+    """The files of ``bnutils`` that importing ``tests`` (pytest's collection) loads, in
+    ``folder``. Imports inside functions are not seen; in the mutated modules and what
+    they import there are none (``cache`` is run again whenever anything changed)."""
+    code = ("import json, sys, pytest\n"
+            "pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', *sys.argv[1:]])\n"
+            "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items()\n"
+            "                        if n.split('.')[0] == 'bnutils')))")
+    out = _run_in(folder, sys.executable, "-c", code, *[f"tests/{t}" for t in tests])
+    files = json.loads(out.strip().splitlines()[-1])
+    return sorted(str(Path(f).resolve().relative_to(folder.resolve())) for f in files)
+
+
+def stale(module, changed, loaded):
+    """What in ``changed`` invalidates ``module``'s run: the module, its test files, or a
+    module of ``bnutils`` its tests load. ``cache``'s tests reach the store and the
+    results lazily, so any change to ``bnutils`` counts for it."""
+    own = {f"bnutils/{module}.py", "tests/conftest.py", *(f"tests/{t}" for t in MODULES[module])}
+    if module == "cache":
+        return [c for c in changed if c.startswith("bnutils/") or c in own]
+    return [c for c in changed if c in own or c in loaded]
+
+
+def _run_line(module, folder, changed):
+    """When and at which commit a module ran, and what changed since that its tests do
+    not load."""
+    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+    date = run.get("date") or datetime.datetime.fromtimestamp(
+        (folder / "mutants").stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    since = f"; since changed, not loaded by its tests: {', '.join(changed)}" if changed else ""
+    return f"{date}, commit {run.get('commit', 'not recorded')}{since}"
 
 
 def report_from_folders(equivalents, out):
     """The report from the folders that earlier runs left (``--module`` runs done one
     after another, or a survivor run again after a new test): each module's mutants and
-    statuses are read from its folder, the equivalents from today's list."""
+    statuses are read from its folder, the equivalents from today's list. A run that the
+    tree has outdated stops it, with the ``make mutate`` command that runs it again."""
     missing = [m for m in MODULES if not (WORK / m / "mutants").is_dir()]
     if missing:
         sys.exit(f"no run of {', '.join(missing)} in {WORK}: make mutate MUTATE_ARGS='--module ...'")
+    changed = {m: changed_since(WORK / m) for m in MODULES}
+    outdated = {}
+    for m in MODULES:
+        loaded = loaded_modules(WORK / m, MODULES[m]) if changed[m] else []
+        if stale(m, changed[m], loaded):
+            outdated[m] = stale(m, changed[m], loaded)
+    if outdated:
+        lines = [f"  {m}: {', '.join(files)} changed since its run" for m, files in outdated.items()]
+        args = " ".join(f"--module {m}" for m in outdated)
+        sys.exit("outdated runs:\n" + "\n".join(lines)
+                 + f"\nrun them again: make mutate MUTATE_ARGS='{args}'")
     rows = [results(m, WORK / m, equivalents) for m in MODULES]
     runs = [WORK / m / "run.json" for m in MODULES]
     seconds = sum(json.loads(r.read_text())["seconds"] for r in runs if r.exists())
     info = _info(f"{seconds / 60:.1f} min wall over the modules' runs, {os.cpu_count()} cores")
+    info["commit"] = f"{info['commit']} (this report); each module's run below"
+    info.update({f"run of `{m}.py`": _run_line(m, WORK / m, changed[m]) for m in MODULES})
     for r in rows:
         print(_summary(r))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +373,8 @@ def main():
     parser.add_argument("--module", action="append", choices=list(MODULES),
                         help="only this module (repeatable); default: all")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.md",
-                        help="the Markdown report (written only when every module ran)")
+                        help="the Markdown report (after a run of some modules, from "
+                        "the other modules' earlier runs where they still match the tree)")
     parser.add_argument("--report", action="store_true",
                         help="no new run: write the report from every module's folder of "
                         "earlier runs (each run keeps its folder under _build/mutation)")
@@ -316,6 +390,10 @@ def main():
     equivalents = _load_equivalents()
     if args.report:
         return report_from_folders(equivalents, args.out)
+    if "cache" in modules and not os.environ.get("BNUTILS_DATA"):
+        # its tests that load MNIST would skip, and their mutants survive
+        sys.exit("the tests of cache.py need the MNIST files: set BNUTILS_DATA "
+                 "(e.g. BNUTILS_DATA=../shared/mnist make mutate)")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BNBOOK_QUICK": "1"}
     start, rows = time.monotonic(), []
     for module in modules:
@@ -330,7 +408,9 @@ def main():
             sys.exit(f"mutmut failed on {module}.py; see {folder / 'mutmut.log'}")
         row = results(module, folder, equivalents)
         rows.append(row)
-        (folder / "run.json").write_text(json.dumps({"seconds": time.monotonic() - t0}))
+        (folder / "run.json").write_text(json.dumps({
+            "seconds": time.monotonic() - t0, "commit": _commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}))
         print(f"{_summary(row)}  ({time.monotonic() - t0:.0f} s)", flush=True)
         for s in row["survivors"]:
             print(f"    {s['status']:9s} {s['function']}: {s['original']}  ->  {s['mutant']}")
@@ -341,9 +421,12 @@ def main():
     info = _info(f"{wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU, "
                  f"{args.jobs} parallel job(s), {os.cpu_count()} cores")
     (WORK / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
-    if set(modules) != set(MODULES):
-        print(f"(report not written: only {', '.join(modules)} ran)")
-        return
+    if set(modules) != set(MODULES):  # the other rows from their earlier runs, if current
+        try:
+            return report_from_folders(equivalents, args.out)
+        except SystemExit as why:
+            print(f"report not written: {why}")
+            return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(rows, info))
     print(f"report: {args.out}")
