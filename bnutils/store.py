@@ -525,15 +525,9 @@ def prefix_steps(stored):
 
 
 def _find_steps(tree):
-    step = tree.get("step")
-    if isinstance(step, np.ndarray) and step.ndim == 1 and step.dtype.kind in "iu" and len(step):
-        return step
-    for value in tree.values():
-        if isinstance(value, dict):
-            found = _find_steps(value)
-            if found is not None:
-                return found
-    return None
+    """The steps a prefix is chosen from: the first 1-D integer ``step`` array."""
+    return next((v for k, v in _step_arrays(tree) if k == "step" and isinstance(v, np.ndarray)
+                 and v.ndim == 1 and v.dtype.kind in "iu" and len(v)), None)
 
 
 def compare(replayed, stored, whole):
@@ -552,18 +546,19 @@ def compare(replayed, stored, whole):
 def _logs_after_start(tree):
     """Whether ``tree`` logs steps (``step``, ``*_step``) and none at step 0 or before:
     then a series' first entry holds a trained state, not the one before training."""
-    steps = list(_step_arrays(tree))
+    steps = [a for a in (np.asarray(v) for _, v in _step_arrays(tree)) if a.dtype.kind in "iu"]
     return bool(steps) and all(s.size and s.min() > 0 for s in steps)
 
 
 def _step_arrays(tree):
+    """``(key, value)`` for each ``step`` or ``*_step`` under ``tree``: a level's own
+    before those of the dictionaries in it, which come in order."""
     for key, value in tree.items():
+        if not isinstance(value, dict) and (key == "step" or key.endswith("_step")):
+            yield key, value
+    for value in tree.values():
         if isinstance(value, dict):
             yield from _step_arrays(value)
-        elif key == "step" or key.endswith("_step"):
-            value = np.asarray(value)
-            if value.dtype.kind in "iu":
-                yield value
 
 
 def _compare(new, old, whole, path, found):

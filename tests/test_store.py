@@ -540,6 +540,35 @@ def test_prefix_steps_follow_the_logged_steps():
     assert store.prefix_steps({"acc": np.ones(3)}) == store.REPLAY_STEPS
 
 
+def test_a_results_own_steps_choose_the_prefix_before_those_nested_in_it():
+    n = store.REPLAY_STEPS
+    nested = {"a": {"step": np.array([0, 20, 40]) * n}, "b": {"step": np.array([0, 30, 60]) * n}}
+    assert store.prefix_steps(nested) == 20 * n  # the first nested, in order
+    assert store.prefix_steps({**nested, "step": np.array([0, 5, 10]) * n}) == 5 * n
+    # float or empty steps, and *_step arrays, do not choose it
+    odd = {"step": np.array([0.0, 5.0 * n]), "b": {"step": np.array([], int)},
+           "loss_step": np.array([0, 3, 6]) * n, "c": {"step": np.array([0, 7, 14]) * n}}
+    assert store.prefix_steps(odd) == 7 * n
+
+
+def test_a_step_0_anywhere_in_a_result_means_its_series_start_before_training():
+    """A replay that logged once counts as trained only if no step array has a step 0,
+    at its own level or nested before or after it."""
+    replayed = {"step": np.array([60]), "acc": np.zeros(1)}
+    stored = {"step": np.array([60, 120]), "acc": np.zeros(2)}
+    assert store.compare(replayed, stored, whole=False)["trained"] == 2  # step, acc
+    from_zero = {"step": np.array([0, 60]), "w": np.zeros(2)}
+    for key in ("a", "z", "eval_step"):  # a nested result before/after, a *_step array
+        extra = from_zero["step"] if key == "eval_step" else from_zero
+        assert store.compare({key: extra, **replayed}, {key: extra, **stored},
+                             whole=False)["trained"] == 0
+        assert store.compare({**replayed, key: extra}, {**stored, key: extra},
+                             whole=False)["trained"] == 0
+    # two nested results, each with its own "step": the first one's 0 counts
+    assert store.compare({"a": from_zero, "b": replayed}, {"a": from_zero, "b": stored},
+                         whole=False)["trained"] == 0
+
+
 def test_a_build_replays_what_it_serves(book, monkeypatch):
     module = book.experiment()
     _compute_into_store(book, monkeypatch, module)
