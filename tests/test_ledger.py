@@ -32,10 +32,7 @@ NO_LENGTH = {
 # Trained verdicts whose chapter does not check them at half the length yet (expected
 # failures that must fail, as PENDING).
 NO_HALF_YET = {
-    "ch07_init_word": "the window is read from the end of the runs only",
-    "ch07_sat_word": "the saturation is read from the end of the runs only",
     "ch07_ledger_protect": "the weight growth and bn_x30's end are read from the end only",
-    "ch08_ledger_ics": "the ICS comparison is read from the whole run only",
 }
 
 
