@@ -346,8 +346,8 @@ def report_from_folders(equivalents, out):
     outdated = {}
     for m in MODULES:
         loaded = loaded_modules(WORK / m, MODULES[m]) if changed[m] else []
-        if stale(m, changed[m], loaded):
-            outdated[m] = stale(m, changed[m], loaded)
+        if found := stale(m, changed[m], loaded):
+            outdated[m] = found
     if outdated:
         lines = [f"  {m}: {', '.join(files)} changed since its run" for m, files in outdated.items()]
         args = " ".join(f"--module {m}" for m in outdated)
@@ -397,7 +397,7 @@ def main():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BNBOOK_QUICK": "1"}
     start, rows = time.monotonic(), []
     for module in modules:
-        folder = prepare(module)
+        folder, commit = prepare(module), _commit()  # the code this run copies
         t0 = time.monotonic()
         env["BNUTILS_RESULTS"] = str(folder / "results")
         with open(folder / "mutmut.log", "w") as log:
@@ -409,7 +409,7 @@ def main():
         row = results(module, folder, equivalents)
         rows.append(row)
         (folder / "run.json").write_text(json.dumps({
-            "seconds": time.monotonic() - t0, "commit": _commit(),
+            "seconds": time.monotonic() - t0, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}))
         print(f"{_summary(row)}  ({time.monotonic() - t0:.0f} s)", flush=True)
         for s in row["survivors"]:
