@@ -215,10 +215,13 @@ class Progress:
     A run is known by its name and configuration (its key changes with the code): a
     planned run that is served (its key still matches) or re-keyed costs nothing, one
     that starts is counted at its estimate, a run no plan knew is added when it starts.
+    A planned run that another job over the same store (``folder``) wrote since this one
+    started, and that this job did not start, costs this job nothing either.
     """
 
-    def __init__(self, log, rows, rates, workers, stream=sys.stderr):
+    def __init__(self, log, rows, rates, workers, stream=sys.stderr, folder=None):
         self.log, self.rates, self.workers, self.stream = log, rates, workers, stream
+        self.folder = folder
         self.planned = {_run_id(r["name"], r["config"]): r for r in rows}
         self.by_key = {r["key"]: i for i, r in self.planned.items()}
         self.cost = {i: r["seconds"] or 0.0 for i, r in self.planned.items()}
@@ -248,6 +251,9 @@ class Progress:
                 finished.add(started.get(r["key"], (i,))[0])
             elif r["event"] in ("read", "rekey"):  # nothing to train
                 self.cost[i] = 0.0
+        ours = {i for i, _ in started.values()}
+        for i in self._written_elsewhere() - ours:
+            self.cost[i] = 0.0
         total = sum(self.cost.values())
         done = sum(self.cost.get(i, 0.0) for i in finished)
         now = time.time()
@@ -258,6 +264,20 @@ class Progress:
         left = max(0.0, total - done - busy) / max(speed, 1e-9)
         return {"finished": len(finished), "running": len(running), "done": done + busy,
                 "total": total, "elapsed": elapsed, "left": left}
+
+    def _written_elsewhere(self):
+        """The runs whose entries appeared in the store since this job started."""
+        found = set()
+        for path in self.folder.glob("*.json") if self.folder else ():
+            try:
+                if path.stat().st_mtime < self.start:
+                    continue
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):  # being written: next time
+                continue
+            if isinstance(doc, dict) and "name" in doc and "config" in doc:
+                found.add(_run_id(doc["name"], doc["config"]))
+        return found
 
     def line(self):
         s = self.state()
@@ -494,7 +514,7 @@ def main(argv=None):
     logs.mkdir(parents=True, exist_ok=True)
     (logs / "job.jsonl").unlink(missing_ok=True)
     start = time.time()
-    with Progress(logs / "job.jsonl", rows, rates, workers) as progress:
+    with Progress(logs / "job.jsonl", rows, rates, workers, folder=folder) as progress:
         for path in paths:
             compute_notebook(path, folder, logs, rates)
             progress.settle(path.stem)

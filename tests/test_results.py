@@ -4,7 +4,9 @@ changes them late in a run is caught by the whole replay and computed; the manif
 lists what the notebook reads and nothing else stays."""
 
 import json
+import os
 import sys
+import time
 
 import nbformat
 import pytest
@@ -160,6 +162,29 @@ def test_progress_follows_the_job_log(tmp_path):
     assert progress.state()["total"] == 1350.0
     progress.settle("06_y")
     assert progress.state()["total"] == 350.0
+
+
+def test_progress_counts_nothing_for_runs_another_job_wrote(tmp_path):
+    """Two make results jobs over one store: what the other one computed is not left."""
+    folder, log = tmp_path / "results", tmp_path / "job.jsonl"
+    folder.mkdir()
+    rows = [{"notebook": "09_x", "key": f"{n}-1", "name": n, "config": {"steps": s},
+             "seconds": 100.0 * s} for n, s in (("a", 1), ("b", 2), ("c", 3))]
+    old = folder / "c-1.json"  # an entry from before this job: still to compute
+    old.write_text(json.dumps({"name": "c", "config": {"steps": 3}}))
+    os.utime(old, (0, 0))
+    progress = results.Progress(log, rows, {"mlp": 1.0, "cnn": 1.0}, workers=2,
+                                folder=folder)
+    assert progress.state()["total"] == 600.0
+    (folder / "b-2.json").write_text(json.dumps({"name": "b", "config": {"steps": 2}}))
+    (folder / "manifest.json").write_text(json.dumps({"notebooks": {}}))
+    (folder / "x-1.json").write_text("{not json yet")  # being written
+    assert progress.state()["total"] == 400.0
+    # a run this job started and wrote itself is still its own
+    log.write_text(json.dumps({"event": "start", "key": "a-2", "name": "a",
+                               "config": {"steps": 1}, "time": time.time()}) + "\n")
+    (folder / "a-2.json").write_text(json.dumps({"name": "a", "config": {"steps": 1}}))
+    assert progress.state()["total"] == 400.0
 
 
 def test_chapters_are_picked_by_number(tmp_path):
