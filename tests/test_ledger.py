@@ -72,11 +72,8 @@ def verdict_problems(row, notebooks):
 def length_problems(row, notebooks):
     """A row whose glued word, decided by a chapter that trains (5 to 9), cannot say
     "not tested": a length-dependent verdict would still claim a result."""
-    roles = GLUE_ROLE.findall(row[2])
-    if not roles:
-        return []
-    doc, key = _cited_key(roles[0])
-    nb = notebooks.get(Path(doc).stem)
+    doc, key = _cited(row)
+    nb = notebooks.get(Path(doc).stem) if doc else None
     if nb is None or not "05" <= nb.name[:2] <= "09" or key in NO_LENGTH:
         return []
     words = {w for v in nb.verdicts if re.fullmatch(v["pattern"], key) for w in v["words"]}
@@ -86,9 +83,14 @@ def length_problems(row, notebooks):
             "between half the length and the end would still be claimed"]
 
 
-def _key(row):
+def _cited(row):
+    """``(notebook, key)`` of the row's glued verdict, ``(None, None)`` if typed."""
     roles = GLUE_ROLE.findall(row[2])
-    return _cited_key(roles[0])[1] if roles else None
+    return _cited_key(roles[0]) if roles else (None, None)
+
+
+def _key(row):
+    return _cited(row)[1]
 
 
 def pointer_problems(row):
