@@ -31,6 +31,7 @@ results CHAPTER=NN``; ``make replay`` replays every stored run whole). The desig
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -190,9 +191,10 @@ def print_plan(rows, notebooks, rates, workers):
             print(f"  {nb}: {len(mine)} runs, {sum(r['stored'] for r in mine)} stored; "
                   f"{_core(sum(known))} to compute them all{note}")
     print(f"  in all: at most {_core(total)}, about "
-          f"{_clock(total / workers)} on {workers} core(s). Runs whose key still matches "
-          f"the code load at once; runs of older code replay their first steps and are "
-          f"re-keyed when they match.")
+          f"{_clock(total / workers)} on {workers} core(s), if the notebooks ask for the "
+          f"runs they read last time (a changed setting's runs are estimated as they "
+          f"start). Runs whose key still matches the code load at once; runs of older "
+          f"code replay their first steps and are re-keyed when they match.")
 
 
 def _core(seconds):
@@ -215,6 +217,10 @@ class Progress:
     A run is known by its name and configuration (its key changes with the code): a
     planned run that is served (its key still matches) or re-keyed costs nothing, one
     that starts is counted at its estimate, a run no plan knew is added when it starts.
+    A changed setting (more steps, say) starts runs no plan knew in place of planned
+    ones: such a run replaces the untouched planned run of its name whose configuration
+    is nearest, costs that run's time scaled by their network-steps, and the replaced
+    run costs nothing (else the job would count both).
     A planned run that another job over the same store (``folder``) wrote since this one
     started, and that this job did not start, costs this job nothing either.
     """
@@ -225,26 +231,28 @@ class Progress:
         self.planned = {_run_id(r["name"], r["config"]): r for r in rows}
         self.by_key = {r["key"]: i for i, r in self.planned.items()}
         self.cost = {i: r["seconds"] or 0.0 for i, r in self.planned.items()}
+        self.replaced = {}  # a started run no plan knew -> the planned run it replaces
         self.start, self.stop_event = time.time(), threading.Event()
         self.tty = stream.isatty()
         self.last = 0.0
 
     def settle(self, notebook):
         """After ``notebook``: its planned runs that it did not ask for cost nothing."""
-        touched = {self.by_key.get(r["key"]) for r in store.read_log(self.log)}
-        touched |= {_run_id(r["name"], r["config"]) for r in store.read_log(self.log)
-                    if "config" in r}
+        touched = self._touched(store.read_log(self.log))
         for i, row in self.planned.items():
             if row["notebook"] == notebook and i not in touched:
                 self.cost[i] = 0.0
 
     def state(self):
         started, finished = {}, set()
-        for r in store.read_log(self.log):
+        log = store.read_log(self.log)
+        for r in log:
             i = (_run_id(r["name"], r["config"]) if "config" in r
                  else self.by_key.get(r["key"], r["key"]))
             if r["event"] == "start":
                 started[r["key"]] = (i, r["time"])
+                if i not in self.planned and i not in self.replaced:
+                    self._replace(i, r["name"], r["config"], log)
                 if not self.cost.get(i):
                     self.cost[i] = _seconds(self.rates, estimate(r["name"], r["config"])) or 0
             elif r["event"] == "done":
@@ -264,6 +272,36 @@ class Progress:
         left = max(0.0, total - done - busy) / max(speed, 1e-9)
         return {"finished": len(finished), "running": len(running), "done": done + busy,
                 "total": total, "elapsed": elapsed, "left": left}
+
+    def _touched(self, log):
+        """The planned runs the job log names (served, re-keyed or started)."""
+        return ({self.by_key.get(r["key"]) for r in log}
+                | {_run_id(r["name"], r["config"]) for r in log if "config" in r})
+
+    def _replace(self, i, name, config, log):
+        """Count run ``i`` (no plan knew it) in place of its nearest untouched twin."""
+        self.replaced[i] = None  # unless a twin is found below
+        touched = self._touched(log)
+        twins = [j for j, row in self.planned.items() if row["name"] == name
+                 and j not in touched and j not in self.replaced.values()
+                 and row["seconds"] and row["config"] is not None]
+        new = estimate(name, config)
+        if not twins or new is None:
+            return
+
+        def distance(j):
+            old = self.planned[j]["config"]
+            differ = sum(old.get(k) != config.get(k) for k in set(old) | set(config))
+            steps = (estimate(name, old) or (None, 1))[1]
+            return differ, abs(math.log(max(steps, 1) / max(new[1], 1)))
+
+        j = min(twins, key=distance)
+        old = estimate(name, self.planned[j]["config"])
+        if old is None or old[0] != new[0] or not old[1]:
+            return
+        self.replaced[i] = j
+        self.cost[i] = self.cost[j] * new[1] / old[1]
+        self.cost[j] = 0.0
 
     def _written_elsewhere(self):
         """The runs whose entries appeared in the store since this job started."""

@@ -164,6 +164,36 @@ def test_progress_follows_the_job_log(tmp_path):
     assert progress.state()["total"] == 350.0
 
 
+def test_a_changed_setting_replaces_the_planned_runs_it_retrains(tmp_path):
+    """Twice the steps: each new run costs its old twin's time twice, the twin nothing."""
+    log = tmp_path / "job.jsonl"
+
+    def row(seed, steps, seconds):
+        config = {"seed": seed, "steps": steps}
+        return {"notebook": "06_x", "key": f"figure3-bn-{seed}{steps}",
+                "name": "figure3-bn", "config": config, "seconds": seconds}
+
+    rows = [row(0, 400, 10.0), row(0, 16000, 300.0), row(1, 16000, 400.0),
+            row(2, 16000, 500.0)]
+    progress = results.Progress(log, rows, {"mlp": 1.0, "cnn": 1000.0}, workers=2)
+    assert progress.state()["total"] == 1210.0
+    lines = [{"event": "start", "key": f"k{seed}", "name": "figure3-bn",
+              "config": {"seed": seed, "steps": 32000}} for seed in (1, 0)]
+    lines.append({"event": "start", "key": "k2", "name": "figure3-bn",
+                  "config": {"seed": 2, "steps": 16000}})  # as planned: no twin
+    log.write_text("".join(json.dumps({**r, "time": time.time()}) + "\n" for r in lines))
+    # of the two seed-0 runs, the nearer in steps is the twin; the 400-step run stays
+    assert progress.state()["total"] == 10.0 + 800.0 + 600.0 + 500.0
+    # a planned run the job started is nobody's twin: a second seed-2 run, at 32,000
+    # steps, takes the only untouched one left
+    lines.append({"event": "start", "key": "k3", "name": "figure3-bn",
+                  "config": {"seed": 2, "steps": 32000}})
+    log.write_text("".join(json.dumps({**r, "time": time.time()}) + "\n" for r in lines))
+    assert progress.state()["total"] == 800.0 + 600.0 + 500.0 + 10.0 * 80
+    progress.settle("06_x")
+    assert progress.state()["total"] == 2700.0
+
+
 def test_progress_counts_nothing_for_runs_another_job_wrote(tmp_path):
     """Two make results jobs over one store: what the other one computed is not left."""
     folder, log = tmp_path / "results", tmp_path / "job.jsonl"
