@@ -451,25 +451,31 @@ def length_dependent(at_end, at_half):
 
 def plateaued(step, curve, tolerance=0.003, tail=0.25):
     """Has ``curve`` flattened: did it gain less than ``tolerance`` over the last
-    ``tail`` of the run? ``step``: the logged steps; ``curve``: the values there (NaN
+    ``tail`` of the run (``tail_gain``)? False with fewer than two measured points."""
+    gain = tail_gain(step, curve, tail)
+    return gain is not None and bool(gain < tolerance)
+
+
+def tail_gain(step, curve, tail=0.25):
+    """What ``curve`` gained over the last ``tail`` of the run, or None with fewer than
+    two measured points. ``step``: the logged steps; ``curve``: the values there (NaN
     where not measured are skipped). The value at the start of the tail is interpolated
     between the logs around it. With at least four points in the tail (that start and
     the logs after it), the gain is the median slope over all their pairs (the
-    Theil-Sen line) times the tail's length: a run that fluctuates by more than
-    ``tolerance`` from one evaluation to the next (SGD at a constant rate does) would
-    otherwise be judged by one noisy evaluation at each end, and a least-squares line
-    still leans on them; with fewer points, it is the end minus the start."""
+    Theil-Sen line) times the tail's length: a run that fluctuates by more than the
+    gain that matters from one evaluation to the next (SGD at a constant rate does)
+    would otherwise be judged by one noisy evaluation at each end, and a least-squares
+    line still leans on them; with fewer points, it is the end minus the start."""
     step, curve = np.asarray(step, dtype=float), np.asarray(curve, dtype=float)
     ok = np.isfinite(curve)
     if ok.sum() < 2:
-        return False
+        return None
     step, curve = step[ok], curve[ok]
     start = step[-1] - tail * (step[-1] - step[0])
     after = step > start
     x = np.concatenate([[start], step[after]])
     y = np.concatenate([[np.interp(start, step, curve)], curve[after]])
     if len(x) < 4:
-        return bool(y[-1] - y[0] < tolerance)
+        return float(y[-1] - y[0])
     i, j = np.triu_indices(len(x), k=1)
-    slope = np.median((y[j] - y[i]) / (x[j] - x[i]))
-    return bool(slope * (x[-1] - x[0]) < tolerance)
+    return float(np.median((y[j] - y[i]) / (x[j] - x[i])) * (x[-1] - x[0]))

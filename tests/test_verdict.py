@@ -224,6 +224,21 @@ def test_plateau_over_many_logs_is_the_rise_of_a_line_not_of_two_points():
     assert not v.plateaued(step, climbing)  # +1 point over the last quarter
 
 
+def test_the_tail_gain_is_the_number_plateaued_judges():
+    step = np.array([0, 100, 200, 300, 400])
+    assert v.tail_gain(step, [0.1, 0.6, 0.7, 0.75, 0.78]) == pytest.approx(0.03)
+    assert v.tail_gain([0, 200, 400], [0.1, 0.6, 0.8]) == pytest.approx(0.1)
+    # NaN skipped: the tail of steps 0, 100, 200 starts at 150 (0.55, interpolated)
+    assert v.tail_gain([0, 100, 200, 300], [0.1, 0.5, 0.6, np.nan]) == pytest.approx(0.05)
+    assert v.tail_gain([0, 100], [np.nan, 0.5]) is None
+    assert not v.plateaued([0, 100], [np.nan, 0.5])
+    # many logs: the Theil-Sen line over the tail, not its two ends
+    step = np.arange(0, 2100, 100)
+    curve = 0.8 + step * 1e-5
+    curve[15] -= 0.05  # one low evaluation where the tail starts
+    assert v.tail_gain(step, curve) == pytest.approx(0.005)
+
+
 def _reaches(steps, horizon=800):
     return [v.Reach(None if s is None else s, horizon) for s in steps]
 
