@@ -207,15 +207,20 @@ def regularization(steps, seeds, lr, virtual_batches=(), dropout=0.5, nets=STACK
 def tune(steps, norm, rates, dropouts=(0.0,), seed=0, **options):
     """Final validation accuracy of the net at every learning rate of ``rates`` and
     dropout rate of ``dropouts`` (one stack, one seed; cached): ``{"lr": (R,),
-    "dropout": (D,), "val_acc": (D, R)}``."""
+    "dropout": (D,), "val_acc": (D, R), "step": (n,), "val_curve": (n, D, R)}``, the
+    last two along the run."""
     def run(**c):
         grid = [(d, r) for d in c["dropouts"] for r in c["rates"]]
         out = run_nets(c["steps"], c["norm"], [(d, None) for d, _ in grid], [c["seed"]],
                        lr=[r for _, r in grid],
                        **{k: c[k] for k in c
                           if k not in ("steps", "norm", "rates", "dropouts", "seed")})
+        shape = (len(c["dropouts"]), len(c["rates"]))
         return {"lr": np.array(c["rates"]), "dropout": np.array(c["dropouts"]),
-                "val_acc": out["val_acc"][:, 0].reshape(len(c["dropouts"]), len(c["rates"]))}
+                "val_acc": out["val_acc"][:, 0].reshape(shape),
+                # logged along the run, so that a replay of its first steps checks it
+                "step": out["step"], "val_curve": out["val_curve"][..., 0].reshape(
+                    (-1, *shape))}
 
     config = {"steps": steps, "norm": norm, "rates": list(map(float, rates)),
               "dropouts": list(map(float, dropouts)), "seed": seed, **options}
