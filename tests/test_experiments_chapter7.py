@@ -410,3 +410,34 @@ def test_dropout_masks_do_not_depend_on_the_global_generator():
         x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
         outputs.append(torch.stack([net(x), net(x)]))
     assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.fixture
+def offline_subset(monkeypatch):
+    """The experiments' data on the bundled subsets (5,000 training images), as offline
+    with nothing local; their loaded tensors are forgotten before and after."""
+    import importlib
+
+    from bnutils import data
+
+    figure3 = importlib.import_module("bnutils.experiments.figure3")  # the module
+    modules = (figure3, deep_mlp, regularization)
+    for module in modules:
+        module._tensors.cache_clear()
+        monkeypatch.setattr(module, "mnist_tensors",
+                            lambda *a, **k: data.mnist_tensors(*a, subset=True, **k))
+    yield figure3
+    for module in modules:
+        module._tensors.cache_clear()
+
+
+def test_offline_the_validation_split_is_the_same_share_of_the_subset(offline_subset):
+    """5,000 of the 60,000 training images are validation; of the subset's 5,000, 416
+    (a fixed 5,000 would leave nothing to train on, and used to stop chapters 6-7)."""
+    figure3 = offline_subset
+    splits = {"figure3": figure3._tensors("fashion-mnist", 60_000, 1000),
+              "deep_mlp": deep_mlp._tensors(60_000, 1000),
+              "regularization": regularization._tensors(60_000)}
+    for name, (x, y, x_val, y_val, x_test, _) in splits.items():
+        assert (len(x), len(x_val), len(x_test)) == (4584, 416, 1000), name
+        assert len(y) == len(x) and len(y_val) == len(x_val), name

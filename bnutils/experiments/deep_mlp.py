@@ -27,7 +27,8 @@ VAL_SIZE = 5000
 def _tensors(n_train, n_test):
     """MNIST ``(N, 784)``: training (minus a fixed validation split), validation, test."""
     x, y = mnist_tensors("train")
-    (x, y), (x_val, y_val) = train_val_split(x, y, VAL_SIZE, seed=0)
+    n_val = VAL_SIZE * len(x) // 60_000  # offline: the same share of the subset
+    (x, y), (x_val, y_val) = train_val_split(x, y, n_val, seed=0)
     x_test, y_test = mnist_tensors("test")
     return x[:n_train], y[:n_train], x_val, y_val, x_test[:n_test], y_test[:n_test]
 

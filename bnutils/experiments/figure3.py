@@ -78,7 +78,8 @@ def _tensors(dataset, n_train, n_test):
     ``n_train`` training images after it is split off.
     """
     x, y = mnist_tensors("train", flatten=False, dataset=dataset)
-    (x, y), (x_val, y_val) = train_val_split(x, y, VAL_SIZE, seed=0)
+    n_val = VAL_SIZE * len(x) // 60_000  # offline: the same share of the subset
+    (x, y), (x_val, y_val) = train_val_split(x, y, n_val, seed=0)
     x_test, y_test = mnist_tensors("test", flatten=False, dataset=dataset)
     return x[:n_train], y[:n_train], x_val, y_val, x_test[:n_test], y_test[:n_test]
 
