@@ -103,13 +103,16 @@ def run_scales(steps, norm, scales, seeds, lr, depth=DEPTH, width=WIDTH,
 
 def tune_lr(steps, norm, rates, scale, seeds=(0,), **options):
     """Validation accuracy of nets started at ``scale`` for every learning rate in
-    ``rates`` (cached): ``{"lr": (rates,), "val_acc": (rates, seeds)}``."""
+    ``rates`` (cached): ``{"lr": (rates,), "val_acc": (rates, seeds), "step": (n,),
+    "val_curve": (n, rates, seeds)}``, the last two along the run."""
     def run(**c):
         r = run_scales(c["steps"], c["norm"], [c["scale"]] * len(c["rates"]), c["seeds"],
-                       lr=c["rates"], evals=1,
+                       lr=c["rates"],
                        **{k: c[k] for k in c if k not in ("steps", "norm", "scale", "seeds",
                                                           "rates")})
-        return {"lr": np.array(c["rates"]), "val_acc": r["val_acc"]}
+        # logged along the run, so that a replay of its first steps checks it
+        return {"lr": np.array(c["rates"]), "val_acc": r["val_acc"], "step": r["step"],
+                "val_curve": r["val_curve"]}
 
     config = {"steps": steps, "norm": norm, "rates": list(map(float, rates)),
               "scale": float(scale), "seeds": list(seeds), **options}
