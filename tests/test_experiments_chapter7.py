@@ -386,7 +386,10 @@ def test_workers_ignore_ctrl_c_and_an_interrupted_prefill_stops_them(tmp_path):
     time.sleep(0.5)
     assert processes[0].is_alive()
 
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    # at the main thread, as the terminal's Ctrl-C reaches it: a signal sent to the
+    # process may land on another thread, and a loaded machine (CI) once lost it there
+    main = threading.main_thread().ident
+    timer = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT))
     started = time.monotonic()
     timer.start()
     with pytest.raises(KeyboardInterrupt):
