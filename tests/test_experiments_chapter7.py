@@ -386,14 +386,17 @@ def test_workers_ignore_ctrl_c_and_an_interrupted_prefill_stops_them(tmp_path):
     time.sleep(0.5)
     assert processes[0].is_alive()
 
-    # at the main thread, as the terminal's Ctrl-C reaches it: a signal sent to the
-    # process may land on another thread, and a loaded machine (CI) once lost it there
-    main = threading.main_thread().ident
-    timer = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT))
+    # Python's own Ctrl-C handler, as in a terminal or a kernel: a test that ran before
+    # this one in the same pytest worker can leave SIGINT ignored (CI did, twice)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     started = time.monotonic()
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        parallel.prefill([(_sleep, (60,), {})] * 2, workers=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            parallel.prefill([(_sleep, (60,), {})] * 2, workers=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 30  # the calls would sleep for 60 s
     assert 2 not in parallel._POOLS
     # exited: each one's sentinel is ready (is_alive() can misreport a process that
