@@ -386,8 +386,9 @@ def test_workers_ignore_ctrl_c_and_an_interrupted_prefill_stops_them(tmp_path):
     time.sleep(0.5)
     assert processes[0].is_alive()
 
-    # Python's own Ctrl-C handler, as in a terminal or a kernel: a test that ran before
-    # this one in the same pytest worker can leave SIGINT ignored (CI did, twice)
+    # Python's own Ctrl-C handler, as in a terminal or a kernel: a process started as a
+    # background job by a shell without job control inherits SIGINT ignored, and Python
+    # keeps it so (`make test &` in a script did)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     started = time.monotonic()
